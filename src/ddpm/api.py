@@ -1,0 +1,79 @@
+"""The Python API: build a model and schedule from a config, load a run, sample from it.
+
+    >>> from ddpm import make_schedule, load_run
+    >>> schedule = make_schedule("linear", 1000)
+    >>> run = load_run("runs/digits")
+    >>> images = run.sample(16, generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ddpm.config import DiffusionConfig, ModelConfig, RunConfig
+from ddpm.diffusion.schedule import Schedule, make_schedule
+from ddpm.errors import UserError
+from ddpm.models.unet import UNet
+from ddpm.sampling.ancestral import sample_ancestral
+from ddpm.sampling.denoiser import Denoiser
+from ddpm.sampling.noise import Generators, randn
+
+
+def build_schedule(cfg: DiffusionConfig) -> Schedule:
+    return make_schedule(cfg.schedule, cfg.timesteps)
+
+
+def build_model(cfg: ModelConfig) -> UNet:
+    return UNet(cfg)
+
+
+def make_denoiser(model, cfg: RunConfig, schedule: Schedule | None = None, *, clip_x0: bool | None = None, y=None):
+    schedule = schedule or build_schedule(cfg.diffusion)
+    clip = cfg.diffusion.clip_x0 if clip_x0 is None else clip_x0
+    return Denoiser(model, schedule, cfg.diffusion.prediction, clip_x0=clip, y=y)
+
+
+def sample_images(model, cfg: RunConfig, n: int, *, generator: Generators = None, device=None,
+                  variance: str | None = None, timesteps=None, progress: bool = True, y=None) -> torch.Tensor:
+    """n samples by Algorithm 2 from ``model`` (in eval mode), as (n, C, H, W) in [-1, 1]."""
+    device = device or next(model.parameters()).device
+    schedule = build_schedule(cfg.diffusion)
+    was_training = model.training
+    model.eval()
+    shape = (n, cfg.model.in_channels, *cfg.model.image_size)
+    x_T = randn(shape, generator, device)
+    x = sample_ancestral(make_denoiser(model, cfg, schedule, y=y), x_T, schedule, timesteps,
+                         variance=variance or cfg.diffusion.variance, generator=generator, progress=progress)
+    model.train(was_training)
+    return x
+
+
+@dataclass
+class Run:
+    """A trained run: its config, its EMA model (the sampling model) and its schedule."""
+
+    config: RunConfig
+    model: UNet
+    schedule: Schedule
+    step: int
+    path: Path
+
+    def sample(self, n: int, *, generator: Generators = None, **kwargs) -> torch.Tensor:
+        return sample_images(self.model, self.config, n, generator=generator, **kwargs)
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Load the EMA model of a run folder (or its ema.safetensors); the config comes from the file."""
+    from ddpm.training.checkpoint import load_ema
+
+    cfg, state, step = load_ema(path)
+    model = build_model(cfg.model)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"weights in {path} do not match their config: {str(e).splitlines()[0]}") from None
+    model.to(device).eval()
+    return Run(cfg, model, build_schedule(cfg.diffusion), step, Path(path))

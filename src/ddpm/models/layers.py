@@ -1,0 +1,103 @@
+"""U-Net building blocks: sinusoidal time embedding, ResNet block, self-attention, resampling.
+
+Nothing here knows about diffusion; a timestep is just a number to embed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_EPS = 1e-6  # as Ho et al.'s TensorFlow group_norm, so published weights behave identically
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer sinusoidal embedding of (N,) timesteps into (N, dim): [sin | cos] (Ho et al. App. B)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
+    args = t.to(torch.float32)[:, None] * freqs[None]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(groups, channels), channels, eps=NORM_EPS)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, time conditioning, GroupNorm-SiLU-dropout-conv, plus a skip.
+
+    ``conditioning="scale_shift"`` applies the embedding as h = norm(h) * (1 + scale) + shift (AdaGN,
+    Nichol & Dhariwal 2021); ``"additive"`` adds a projection of it before the second norm, exactly as
+    Ho et al. (2020) do.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int, conditioning: str):
+        super().__init__()
+        self.conditioning = conditioning
+        self.norm1 = group_norm(in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, out_ch * (2 if conditioning == "scale_shift" else 1))
+        self.norm2 = group_norm(out_ch, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        e = self.emb_proj(F.silu(emb))[:, :, None, None]
+        if self.conditioning == "scale_shift":
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all pixels with a residual connection (Ho et al. App. B)."""
+
+    def __init__(self, channels: int, num_heads: int, groups: int):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"channels {channels} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.norm = group_norm(channels, groups)
+        self.qkv = nn.Conv2d(channels, channels * 3, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (N, heads, HW, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(-1, -2).reshape(n, c, h, w)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    """A stride-2 3x3 convolution (Ho et al.'s resamp_with_conv)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling followed by a 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

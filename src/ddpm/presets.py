@@ -1,0 +1,63 @@
+"""Named starting points: a model sized for a resolution plus training settings that suit it.
+
+``digits`` is the default and trains on a 2-core CPU in minutes; ``ddpm-cifar10`` is Ho et al.'s
+CIFAR-10 network exactly (35.7M parameters), so the published checkpoints load into it.
+"""
+
+from __future__ import annotations
+
+from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+from ddpm.errors import UserError
+
+PRESETS: dict[str, dict] = {
+    # 8x8 scikit-learn digits.
+    "digits": dict(
+        model=dict(image_size=(8, 8), in_channels=1, base_channels=64, channel_mult=(1, 2),
+                   num_res_blocks=2, attention_resolutions=(4,), num_heads=4, dropout=0.1),
+        train=dict(data="digits", steps=6000, batch_size=128, lr=1e-3, ema_decay=0.999),
+    ),
+    # 28x28 MNIST / Fashion-MNIST.
+    "mnist": dict(
+        model=dict(image_size=(28, 28), in_channels=1, base_channels=32, channel_mult=(1, 2, 2),
+                   num_res_blocks=2, attention_resolutions=(7,), num_heads=4, dropout=0.1),
+        train=dict(data="mnist", steps=8000, batch_size=64, lr=5e-4, ema_decay=0.999),
+    ),
+    # 32x32 CIFAR-10, a smaller cousin of Ho et al.'s network.
+    "cifar10": dict(
+        model=dict(image_size=(32, 32), in_channels=3, base_channels=64, channel_mult=(1, 2, 2, 2),
+                   num_res_blocks=2, attention_resolutions=(16,), num_heads=4, dropout=0.1),
+        train=dict(data="cifar10", steps=100_000, batch_size=128, lr=2e-4, ema_decay=0.9999,
+                   warmup_steps=5000, lr_decay="constant"),
+    ),
+    # Ho et al. (2020) CIFAR-10 exactly: 128 channels, (1,2,2,2), 2 blocks, attention at 16x16,
+    # dropout 0.1, additive time conditioning, one head: 35,746,307 parameters.
+    "ddpm-cifar10": dict(
+        model=dict(image_size=(32, 32), in_channels=3, base_channels=128, channel_mult=(1, 2, 2, 2),
+                   num_res_blocks=2, attention_resolutions=(16,), num_heads=1, dropout=0.1,
+                   resblock_conditioning="additive"),
+        train=dict(data="cifar10", steps=800_000, batch_size=128, lr=2e-4, ema_decay=0.9999,
+                   warmup_steps=5000, lr_decay="constant", grad_clip=1.0),
+    ),
+    # 64x64 and up (image folders, CelebA-like sets).
+    "64": dict(
+        model=dict(image_size=(64, 64), in_channels=3, base_channels=128, channel_mult=(1, 2, 3, 4),
+                   num_res_blocks=2, attention_resolutions=(16, 8), num_heads=4, dropout=0.1),
+        train=dict(steps=200_000, batch_size=64, lr=1e-4, ema_decay=0.9999, warmup_steps=5000,
+                   lr_decay="constant"),
+    ),
+}
+
+DATA_PRESETS = {"digits": "digits", "mnist": "mnist", "fashion-mnist": "mnist", "cifar10": "cifar10"}
+
+
+def preset_for_data(data: str) -> str:
+    return DATA_PRESETS.get(data, "64")
+
+
+def make_config(preset: str) -> RunConfig:
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    model = {"out_channels": p["model"]["in_channels"], **p["model"]}
+    return RunConfig(model=ModelConfig(**model), diffusion=DiffusionConfig(**p.get("diffusion", {})),
+                     train=TrainConfig(**p["train"]), preset=preset)

@@ -1,0 +1,67 @@
+"""Algorithm 2 of Ho et al. (2020): ancestral sampling of the reverse process.
+
+On any descending grid of timesteps (all T, or a respaced subset as in Improved DDPM §4), each step
+draws x_{prev} ~ N(mu-tilde(x_t, x0_hat), sigma^2 I), with the betas of the grid recomputed from
+alpha-bar: beta'_t = 1 - alpha-bar_t / alpha-bar_prev. On the full grid these are the schedule's betas.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ddpm.diffusion.schedule import Schedule
+from ddpm.sampling.grids import timestep_grid
+from ddpm.sampling.noise import Generators, randn
+
+VARIANCES = ("beta", "beta_tilde")
+
+
+def grid_step_coefficients(schedule: Schedule, t: int, t_prev: int | None) -> dict[str, float]:
+    """Posterior coefficients of one step t -> t_prev (None: the end, alpha-bar_prev = 1)."""
+    abar = float(schedule.alphas_cumprod[t])
+    abar_prev = 1.0 if t_prev is None else float(schedule.alphas_cumprod[t_prev])
+    beta = 1.0 - abar / abar_prev
+    return {
+        "coef_x0": beta * abar_prev**0.5 / (1.0 - abar),
+        "coef_xt": (1.0 - abar_prev) * (1.0 - beta) ** 0.5 / (1.0 - abar),
+        "beta": beta,
+        "beta_tilde": beta * (1.0 - abar_prev) / (1.0 - abar),
+    }
+
+
+@torch.inference_mode()
+def sample_ancestral(
+    denoise,
+    x_T: torch.Tensor,
+    schedule: Schedule,
+    timesteps: list[int] | None = None,
+    *,
+    variance: str = "beta",
+    generator: Generators = None,
+    callback: Callable | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Run the reverse process from x_T; ``callback(i, t, x_t, prediction)`` sees every step.
+
+    ``variance`` picks sigma_t^2 = beta_t (``"beta"``) or beta-tilde_t (``"beta_tilde"``); both are
+    Ho et al.'s choices. The last step adds no noise (z = 0).
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}")
+    timesteps = timestep_grid(schedule.num_timesteps) if timesteps is None else list(timesteps)
+    x = x_T
+    for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress, leave=False)):
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
+        c = grid_step_coefficients(schedule, t, t_prev)
+        pred = denoise(x, t)
+        if callback is not None:
+            callback(i, t, x, pred)
+        mean = c["coef_x0"] * pred.x0 + c["coef_xt"] * x
+        if t_prev is None:
+            x = mean
+        else:
+            x = mean + c[variance] ** 0.5 * randn(x.shape, generator, x.device, x.dtype)
+    return x

@@ -1,0 +1,49 @@
+"""A denoiser turns a network into what samplers need: eps and x0 at (x_t, t).
+
+Samplers are functions over a denoiser, so they work for every parametrization (eps, x0, v) and every
+wrapper (guidance, a peer's network) that keeps this signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ddpm.diffusion.parametrization import eps_from_x0, to_eps_x0
+from ddpm.diffusion.schedule import Schedule
+
+
+@dataclass
+class Prediction:
+    eps: torch.Tensor
+    x0: torch.Tensor
+
+
+class Denoiser:
+    """``denoise(x_t, t) -> Prediction(eps, x0)`` for an int timestep ``t`` (0-based, the model's grid).
+
+    ``clip_x0`` clips the predicted x0 to [-1, 1] (for images; leave off for latents) and makes eps
+    consistent with the clipped x0.
+    """
+
+    def __init__(self, model, schedule: Schedule, prediction: str = "eps", *, clip_x0: bool = False, y=None):
+        self.model = model
+        self.schedule = schedule
+        self.prediction = prediction
+        self.clip_x0 = clip_x0
+        self.y = y
+        # Python floats: the per-step coefficients cost no device work and no host-device sync.
+        self._a = schedule.sqrt_alphas_cumprod.tolist()
+        self._s = schedule.sqrt_one_minus_alphas_cumprod.tolist()
+
+    def __call__(self, x_t: torch.Tensor, t: int) -> Prediction:
+        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        out = self.model(x_t, tt) if self.y is None else self.model(x_t, tt, self.y)
+        out = out.float()
+        a, s = self._a[t], self._s[t]
+        eps, x0 = to_eps_x0(out, x_t, a, s, self.prediction)
+        if self.clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = eps_from_x0(x0, x_t, a, s)
+        return Prediction(eps=eps, x0=x0)

@@ -1,0 +1,135 @@
+"""Checkpoints as safetensors + JSON, written atomically (temporary file, then rename).
+
+A run folder holds:
+  config.json              the full typed RunConfig
+  checkpoint.safetensors   weights, EMA, optimizer state and RNG states, with step and config in its
+                           metadata: everything ``--resume`` needs, in one file so one rename commits it
+  ema.safetensors          the EMA weights alone (the sampling model), with the config in its metadata
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, safe_open
+
+from ddpm.config import RunConfig
+from ddpm.errors import UserError
+
+CHECKPOINT = "checkpoint.safetensors"
+EMA = "ema.safetensors"
+CONFIG = "config.json"
+FORMAT = "ddpm-checkpoint-1"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``; a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, scalars = {}, {}
+    for idx, st in state["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optimizer.{idx}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, idx, k = key.split(".", 2)
+        state.setdefault(int(idx), {})[k] = v
+    for key, v in meta["scalars"].items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _cpu_state(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(run_dir: Path, cfg: RunConfig, step: int, model, ema, optimizer, rng: dict[str, torch.Tensor]) -> None:
+    run_dir = Path(run_dir)
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    tensors = {**_cpu_state(model, "model"), **_cpu_state(ema, "ema"), **opt_tensors,
+               **{f"rng.{k}": v.contiguous().cpu() for k, v in rng.items()}}
+    meta = {"format": FORMAT, "step": str(step), "config": cfg.to_json(), "optimizer": json.dumps(opt_meta)}
+    atomic_write(run_dir / CHECKPOINT, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    ema_tensors = {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")}
+    ema_meta = {"format": FORMAT, "step": str(step), "config": cfg.to_json()}
+    atomic_write(run_dir / EMA, lambda tmp: save_file(ema_tensors, tmp, metadata=ema_meta))
+    write_text_atomic(run_dir / CONFIG, cfg.to_json() + "\n")
+
+
+def _open(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"cannot read checkpoint {path}: {e}") from None
+
+
+def find_file(run: str | Path, name: str) -> Path:
+    """``run`` may be a run folder or a .safetensors file inside one."""
+    p = Path(run)
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise UserError(f"checkpoint not found: {p}")
+    if not (p / name).is_file():
+        raise UserError(f"no {name} in {p}; is it a ddpm run folder?")
+    return p / name
+
+
+def load_training_state(run_dir: str | Path) -> dict[str, Any]:
+    """Everything ``--resume`` needs: config, step, model/ema/optimizer state dicts, RNG states."""
+    tensors, meta = _open(find_file(run_dir, CHECKPOINT))
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{run_dir} is not a ddpm checkpoint (format {meta.get('format')!r})")
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+    return {
+        "config": RunConfig.from_dict(json.loads(meta["config"])),
+        "step": int(meta["step"]),
+        "model": part("model"),
+        "ema": part("ema"),
+        "optimizer": _unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optimizer.")},
+                                          json.loads(meta["optimizer"])),
+        "rng": part("rng"),
+    }
+
+
+def load_ema(run: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], int]:
+    """(config, EMA state dict, step) from a run folder or an ema.safetensors file."""
+    tensors, meta = _open(find_file(run, EMA))
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise UserError(f"{run} is not a ddpm checkpoint")
+    return RunConfig.from_dict(json.loads(meta["config"])), tensors, int(meta.get("step", 0))

@@ -1,0 +1,63 @@
+"""Everything rank-aware in one place: torchrun's environment, the device, who logs and saves."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ddpm.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_environ(cls) -> "DistEnv":
+        """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK (absent: a single process)."""
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def resolve_device(name: str, env: DistEnv) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("device cuda was requested but no CUDA GPU is available")
+        return torch.device("cuda", env.local_rank if env.enabled else torch.device(name).index or 0)
+    if name not in ("cpu", "mps"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def setup(env: DistEnv, device: torch.device) -> None:
+    if env.enabled and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def wrap(model: torch.nn.Module, env: DistEnv, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel under torchrun, the model itself otherwise."""
+    if not env.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def teardown(env: DistEnv) -> None:
+    if env.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
