@@ -17,8 +17,8 @@ from ddpm.config import DiffusionConfig, ModelConfig, RunConfig
 from ddpm.diffusion.schedule import Schedule, make_schedule
 from ddpm.errors import UserError
 from ddpm.models.unet import UNet
-from ddpm.sampling.ancestral import sample_ancestral
 from ddpm.sampling.denoiser import Denoiser
+from ddpm.sampling.grids import timestep_grid
 from ddpm.sampling.noise import Generators, randn
 
 
@@ -37,16 +37,28 @@ def make_denoiser(model, cfg: RunConfig, schedule: Schedule | None = None, *, cl
 
 
 def sample_images(model, cfg: RunConfig, n: int, *, generator: Generators = None, device=None,
-                  variance: str | None = None, timesteps=None, progress: bool = True, y=None) -> torch.Tensor:
-    """n samples by Algorithm 2 from ``model`` (in eval mode), as (n, C, H, W) in [-1, 1]."""
+                  sampler: str = "ancestral", steps: int | None = None, variance: str | None = None,
+                  progress: bool = True, y=None, **options) -> torch.Tensor:
+    """n samples from ``model`` as (n, C, H, W) in [-1, 1].
+
+    ``sampler`` names one of ``ddpm.sampling.SAMPLERS`` (default: Algorithm 2); ``steps`` picks an
+    even sub-grid of the T training steps (all of them by default).
+    """
+    from ddpm.sampling import SAMPLERS
+
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     device = device or next(model.parameters()).device
     schedule = build_schedule(cfg.diffusion)
+    if sampler == "ancestral":
+        options["variance"] = variance or cfg.diffusion.variance
     was_training = model.training
     model.eval()
     shape = (n, cfg.model.in_channels, *cfg.model.image_size)
     x_T = randn(shape, generator, device)
-    x = sample_ancestral(make_denoiser(model, cfg, schedule, y=y), x_T, schedule, timesteps,
-                         variance=variance or cfg.diffusion.variance, generator=generator, progress=progress)
+    x = SAMPLERS[sampler](make_denoiser(model, cfg, schedule, y=y), x_T, schedule,
+                          timestep_grid(schedule.num_timesteps, steps), generator=generator,
+                          progress=progress, **options)
     model.train(was_training)
     return x
 

@@ -26,10 +26,12 @@ def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float =
     """Ho et al. (2020) §4: betas rising linearly from 1e-4 to 0.02 (for T = 1000).
 
     For T other than 1000 the end points are rescaled by 1000 / T, as Improved DDPM does, so that the
-    total amount of noise (and alpha-bar_T ~ 0) stays the same.
+    total amount of noise (and alpha-bar_T ~ 0) stays the same; for very small T (< 20) the betas are
+    clipped at 0.999 as the cosine schedule's are.
     """
     scale = 1000.0 / num_timesteps
-    return torch.linspace(beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64)
+    betas = torch.linspace(beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64)
+    return betas.clamp(max=0.999)
 
 
 def cosine_alphas_cumprod(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
