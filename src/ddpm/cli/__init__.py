@@ -13,8 +13,15 @@ import sys
 from ddpm.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line, without the multi-line usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpm", description="Denoising Diffusion Probabilistic Models.")
+    parser = _Parser(prog="ddpm", description="Denoising Diffusion Probabilistic Models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddpm.api import load_run
+from ddpm.config import RunConfig
+from ddpm.errors import UserError
+from ddpm.training.checkpoint import CHECKPOINT, atomic_write, load_training_state
+from ddpm.training.loop import lr_at, train
+from tests.conftest import tiny_config
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    train(tiny_config(steps=6), tmp_path / "full", progress=False)
+    train(tiny_config(steps=3), tmp_path / "split", progress=False)
+    train(tiny_config(steps=6), tmp_path / "split", resume=True, progress=False)
+    a, b = load_file(tmp_path / "full" / CHECKPOINT), load_file(tmp_path / "split" / CHECKPOINT)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert load_training_state(tmp_path / "split")["step"] == 6
+
+
+def test_checkpoint_round_trip_and_config(tmp_path):
+    cfg = tiny_config()
+    train(cfg, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    assert run.config == cfg
+    assert run.step == cfg.train.steps
+    assert RunConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())) == cfg
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in lines] == [2, 4]
+
+
+def test_same_seed_same_samples(tmp_path):
+    train(tiny_config(), tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    a = run.sample(3, generator=torch.Generator().manual_seed(1), progress=False)
+    b = run.sample(3, generator=torch.Generator().manual_seed(1), progress=False)
+    assert torch.equal(a, b) and a.shape == (3, 1, 8, 8)
+    assert a.abs().max() <= 1.0 + 1e-6
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    train(tiny_config(), tmp_path / "run", progress=False)
+    with pytest.raises(UserError, match="--resume"):
+        train(tiny_config(), tmp_path / "run", progress=False)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+
+    def boom(tmp):
+        open(tmp, "w").write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, boom)
+    assert path.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_warmup_then_cosine_decay():
+    cfg = tiny_config(steps=100, warmup_steps=10, lr=1.0, lr_min_ratio=0.1).train
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(100, cfg) == pytest.approx(0.1)

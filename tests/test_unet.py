@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from ddpm.config import ModelConfig
+from ddpm.errors import UserError
+from ddpm.models.unet import UNet, count_parameters
+from ddpm.presets import PRESETS, make_config
+
+
+@pytest.mark.parametrize("preset", ["digits", "mnist"])
+def test_presets_map_shape_to_shape(preset):
+    cfg = make_config(preset).model
+    cfg.base_channels, cfg.norm_groups = 16, 8
+    m = UNet(cfg)
+    x = torch.randn(2, cfg.in_channels, *cfg.image_size)
+    assert m(x, torch.tensor([0, 999])).shape == x.shape
+
+
+def test_ho_et_al_cifar10_network_has_35_7m_parameters():
+    m = UNet(make_config("ddpm-cifar10").model)
+    assert round(count_parameters(m) / 1e6, 1) == 35.7  # Ho et al. (2020), App. B
+
+
+def test_non_square_rgb_and_extra_output_channels():
+    cfg = ModelConfig(image_size=(16, 32), in_channels=3, out_channels=6, base_channels=16,
+                      channel_mult=(1, 2, 2), attention_resolutions=(8,), num_heads=2, norm_groups=8)
+    m = UNet(cfg)
+    out = m(torch.randn(2, 3, 16, 32), torch.tensor([3, 7]))
+    assert out.shape == (2, 6, 16, 32)
+
+
+def test_impossible_size_is_a_user_error():
+    with pytest.raises(UserError, match="not divisible by 4"):
+        UNet(ModelConfig(image_size=(10, 10), channel_mult=(1, 2, 2)))
+
+
+def test_time_embedding_changes_output():
+    torch.manual_seed(0)
+    cfg = make_config("digits").model
+    cfg.base_channels, cfg.norm_groups, cfg.dropout = 16, 8, 0.0
+    m = UNet(cfg).eval()
+    x = torch.randn(1, 1, 8, 8)
+    assert not torch.allclose(m(x, torch.tensor([1])), m(x, torch.tensor([500])))
+
+
+def test_class_conditioning_hook_has_a_no_label_entry():
+    cfg = make_config("digits").model
+    cfg.base_channels, cfg.norm_groups, cfg.num_classes, cfg.dropout = 16, 8, 10, 0.0
+    m = UNet(cfg).eval()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 5])
+    assert torch.allclose(m(x, t), m(x, t, torch.tensor([10, 10])))  # None is the "no label" row
+    assert not torch.allclose(m(x, t, torch.tensor([3, 3])), m(x, t))
