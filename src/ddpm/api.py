@@ -33,32 +33,52 @@ def build_model(cfg: ModelConfig) -> UNet:
 def make_denoiser(model, cfg: RunConfig, schedule: Schedule | None = None, *, clip_x0: bool | None = None, y=None):
     schedule = schedule or build_schedule(cfg.diffusion)
     clip = cfg.diffusion.clip_x0 if clip_x0 is None else clip_x0
-    return Denoiser(model, schedule, cfg.diffusion.prediction, clip_x0=clip, y=y)
+    return Denoiser(model, schedule, cfg.diffusion.prediction, clip_x0=clip, y=y, variance=cfg.diffusion.variance)
 
 
 def sample_images(model, cfg: RunConfig, n: int, *, generator: Generators = None, device=None,
                   sampler: str = "ancestral", steps: int | None = None, variance: str | None = None,
-                  progress: bool = True, y=None, **options) -> torch.Tensor:
+                  grid: str | None = None, progress: bool = True, y=None, x_T: torch.Tensor | None = None,
+                  timesteps: list[int] | None = None, guidance: float | None = None, classifier=None,
+                  classifier_scale: float = 0.0, **options) -> torch.Tensor:
     """n samples from ``model`` as (n, C, H, W) in [-1, 1].
 
-    ``sampler`` names one of ``ddpm.sampling.SAMPLERS`` (default: Algorithm 2); ``steps`` picks an
-    even sub-grid of the T training steps (all of them by default).
+    ``y`` (an int or (n,) labels) picks the classes of a conditional model; ``guidance`` is the strength w
+    of classifier-free guidance and ``classifier`` (a ``NoisyClassifier``) with ``classifier_scale`` adds
+    classifier guidance (``ddpm.sampling.guidance``; an unconditional model can be steered this way).
+
+    ``x_T`` (default: noise from ``generator``) and ``timesteps`` (default: the grid above) let a
+    caller start elsewhere: from a mix of noises, or from a diffused image at step t with the grid
+    cut to start at t (Ho et al. §4.3 interpolation).
+
+    ``sampler`` names one of ``ddpm.sampling.SAMPLERS`` (default: Algorithm 2); ``steps`` picks a
+    sub-grid of the T training steps (all of them by default), spaced by ``grid`` (``"even"``,
+    ``"quadratic"`` or ``"logsnr"``; default: ``ddpm.sampling.DEFAULT_GRIDS[sampler]``).
     """
-    from ddpm.sampling import SAMPLERS
+    from ddpm.sampling import DEFAULT_GRIDS, SAMPLERS
+    from ddpm.sampling.guidance import as_labels, check_labels, guide
 
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     device = device or next(model.parameters()).device
+    y = as_labels(y, n, device)
+    check_labels(cfg.model.num_classes, y, guidance=guidance,
+                 classifier_classes=None if classifier is None else classifier.config.num_classes)
     schedule = build_schedule(cfg.diffusion)
     if sampler == "ancestral":
         options["variance"] = variance or cfg.diffusion.variance
     was_training = model.training
     model.eval()
     shape = (n, cfg.model.in_channels, *cfg.model.image_size)
-    x_T = randn(shape, generator, device)
-    x = SAMPLERS[sampler](make_denoiser(model, cfg, schedule, y=y), x_T, schedule,
-                          timestep_grid(schedule.num_timesteps, steps), generator=generator,
-                          progress=progress, **options)
+    x_T = randn(shape, generator, device) if x_T is None else x_T.to(device)
+    if timesteps is None:
+        timesteps = timestep_grid(schedule.num_timesteps, steps, grid or DEFAULT_GRIDS.get(sampler, "even"),
+                                  schedule=schedule)
+    denoise = make_denoiser(model, cfg, schedule, y=y if cfg.model.num_classes else None)
+    denoise = guide(denoise, y=y, guidance=guidance, classifier=None if classifier is None else classifier.to(device),
+                    classifier_scale=classifier_scale, sampler=sampler, timesteps=timesteps,
+                    variance=options.get("variance", cfg.diffusion.variance))
+    x = SAMPLERS[sampler](denoise, x_T, schedule, timesteps, generator=generator, progress=progress, **options)
     model.train(was_training)
     return x
 

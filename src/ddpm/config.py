@@ -38,7 +38,11 @@ class DiffusionConfig:
     schedule: str = "linear"  # "linear" | "cosine"
     timesteps: int = 1000
     prediction: str = "eps"  # "eps" | "x0" | "v"
-    variance: str = "beta"  # reverse-process variance: "beta" | "beta_tilde"
+    # Reverse-process variance: fixed "beta" | "beta_tilde" (Ho et al.), or output by the network:
+    # "learned" (a log-variance) | "learned_range" (Improved DDPM Eq. 15); see ``derive``.
+    variance: str = "beta"
+    loss: str = "simple"  # "simple" (Ho et al. Eq. 14) | "hybrid" (Improved DDPM Eq. 16) | "vlb"
+    timestep_sampler: str = "uniform"  # "uniform" | "loss_aware" (Improved DDPM §3.3; "vlb" implies it)
     clip_x0: bool = True  # clip the predicted x0 to [-1, 1] when sampling images (off for latents)
 
 
@@ -46,6 +50,7 @@ class DiffusionConfig:
 class TrainConfig:
     data: str = "digits"
     data_dir: str | None = None
+    skip_bad_images: bool = False  # leave unreadable images out (with a warning) instead of stopping
     steps: int = 6000
     batch_size: int = 128
     lr: float = 1e-3
@@ -61,6 +66,10 @@ class TrainConfig:
     sample_every: int = 1000
     checkpoint_every: int = 1000
     num_sample_images: int = 64
+    # Class-conditional models (model.num_classes set): the share of labels replaced by the "no label"
+    # index each step, so one network also learns eps(x_t, none) for classifier-free guidance
+    # (Ho & Salimans 2022, Algorithm 1: p_uncond = 0.1 or 0.2).
+    p_uncond: float = 0.1
 
 
 @dataclass
@@ -79,6 +88,23 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         return _build(cls, d, "config")
+
+
+LEARNED_VARIANCES = ("learned", "learned_range")
+
+
+def derive(cfg: RunConfig) -> RunConfig:
+    """Set the fields that follow from others, in place; the one place they are derived.
+
+    A learned variance doubles the network's output channels (mean prediction, then variance
+    output), so the network itself never knows; the "vlb" loss samples t loss-aware (Improved DDPM
+    §3.3: uniform t makes L_vlb too noisy to optimise).
+    """
+    learned = cfg.diffusion.variance in LEARNED_VARIANCES
+    cfg.model.out_channels = cfg.model.in_channels * (2 if learned else 1)
+    if cfg.diffusion.loss == "vlb":
+        cfg.diffusion.timestep_sampler = "loss_aware"
+    return cfg
 
 
 def _build(cls, d: dict[str, Any], where: str):

@@ -6,15 +6,16 @@ CIFAR-10 network exactly (35.7M parameters), so the published checkpoints load i
 
 from __future__ import annotations
 
-from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig, derive
 from ddpm.errors import UserError
 
 PRESETS: dict[str, dict] = {
     # 8x8 scikit-learn digits.
     "digits": dict(
-        model=dict(image_size=(8, 8), in_channels=1, base_channels=64, channel_mult=(1, 2),
-                   num_res_blocks=2, attention_resolutions=(4,), num_heads=4, dropout=0.1),
-        train=dict(data="digits", steps=6000, batch_size=128, lr=1e-3, ema_decay=0.999),
+        model=dict(image_size=(8, 8), in_channels=1, base_channels=32, channel_mult=(1, 2),
+                   num_res_blocks=2, attention_resolutions=(4,), num_heads=4, dropout=0.1, norm_groups=8),
+        train=dict(data="digits", steps=2500, batch_size=128, lr=1e-3, ema_decay=0.999,
+                   num_sample_images=36),
     ),
     # 28x28 MNIST / Fashion-MNIST.
     "mnist": dict(
@@ -58,6 +59,6 @@ def make_config(preset: str) -> RunConfig:
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    model = {"out_channels": p["model"]["in_channels"], **p["model"]}
-    return RunConfig(model=ModelConfig(**model), diffusion=DiffusionConfig(**p.get("diffusion", {})),
-                     train=TrainConfig(**p["train"]), preset=preset)
+    cfg = RunConfig(model=ModelConfig(**p["model"]), diffusion=DiffusionConfig(**p.get("diffusion", {})),
+                    train=TrainConfig(**p["train"]), preset=preset)
+    return derive(cfg)

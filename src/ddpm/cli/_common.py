@@ -28,3 +28,17 @@ def require_positive(**values: int | None) -> None:
 
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: auto)")
+
+
+def picture_path(out: str | None, default_name: str):
+    """Where a one-picture command writes: ``--out`` as given, or ``default_name`` inside it when it is a
+    folder (an existing one, or a path ending in a slash), or ``default_name`` here when it is unset."""
+    from pathlib import Path
+
+    if out is None:
+        return Path(default_name)
+    if out.endswith(("/", "\\")) or Path(out).is_dir():
+        return Path(out) / default_name
+    if not Path(out).suffix:
+        raise UserError(f"--out {out} has no file suffix; give a file like {out}.png or a folder ending in /")
+    return Path(out)

@@ -3,20 +3,21 @@
 On any descending grid of timesteps (all T, or a respaced subset as in Improved DDPM §4), each step
 draws x_{prev} ~ N(mu-tilde(x_t, x0_hat), sigma^2 I), with the betas of the grid recomputed from
 alpha-bar: beta'_t = 1 - alpha-bar_t / alpha-bar_prev. On the full grid these are the schedule's betas.
+A learned variance (Improved DDPM Eq. 15) interpolates between that grid's beta'_t and beta-tilde'_t.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from ddpm.diffusion.likelihood import VARIANCES, model_log_variance
 from ddpm.diffusion.schedule import Schedule
 from ddpm.sampling.grids import timestep_grid
 from ddpm.sampling.noise import Generators, randn
-
-VARIANCES = ("beta", "beta_tilde")
 
 
 def grid_step_coefficients(schedule: Schedule, t: int, t_prev: int | None) -> dict[str, float]:
@@ -46,8 +47,10 @@ def sample_ancestral(
 ) -> torch.Tensor:
     """Run the reverse process from x_T; ``callback(i, t, x_t, prediction)`` sees every step.
 
-    ``variance`` picks sigma_t^2 = beta_t (``"beta"``) or beta-tilde_t (``"beta_tilde"``); both are
-    Ho et al.'s choices. The last step adds no noise (z = 0).
+    ``variance`` picks sigma_t^2 = beta_t (``"beta"``) or beta-tilde_t (``"beta_tilde"``), Ho et al.'s
+    choices, or the network's own (``"learned"``, ``"learned_range"``: the denoiser's
+    ``Prediction.variance``, with beta and beta-tilde of this grid's step). The last step adds no
+    noise (z = 0).
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}")
@@ -62,6 +65,9 @@ def sample_ancestral(
         mean = c["coef_x0"] * pred.x0 + c["coef_xt"] * x
         if t_prev is None:
             x = mean
-        else:
+        elif variance in ("beta", "beta_tilde"):
             x = mean + c[variance] ** 0.5 * randn(x.shape, generator, x.device, x.dtype)
+        else:
+            log_var = model_log_variance(pred.variance, variance, math.log(c["beta"]), math.log(c["beta_tilde"]))
+            x = mean + torch.exp(0.5 * log_var) * randn(x.shape, generator, x.device, x.dtype)
     return x

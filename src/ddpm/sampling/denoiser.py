@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ddpm.diffusion.likelihood import split_output
 from ddpm.diffusion.parametrization import eps_from_x0, to_eps_x0
 from ddpm.diffusion.schedule import Schedule
 
@@ -18,6 +19,9 @@ from ddpm.diffusion.schedule import Schedule
 class Prediction:
     eps: torch.Tensor
     x0: torch.Tensor
+    # The raw variance output of a learned-variance network (v of Improved DDPM Eq. 15, or a
+    # log-variance); None for fixed variances. Samplers that ignore it (DDIM, ...) work unchanged.
+    variance: torch.Tensor | None = None
 
 
 class Denoiser:
@@ -27,8 +31,10 @@ class Denoiser:
     consistent with the clipped x0.
     """
 
-    def __init__(self, model, schedule: Schedule, prediction: str = "eps", *, clip_x0: bool = False, y=None):
+    def __init__(self, model, schedule: Schedule, prediction: str = "eps", *, clip_x0: bool = False, y=None,
+                 variance: str = "beta"):
         self.model = model
+        self.variance = variance  # a learned one splits the output: mean channels, then variance channels
         self.schedule = schedule
         self.prediction = prediction
         self.clip_x0 = clip_x0
@@ -40,10 +46,10 @@ class Denoiser:
     def __call__(self, x_t: torch.Tensor, t: int) -> Prediction:
         tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
         out = self.model(x_t, tt) if self.y is None else self.model(x_t, tt, self.y)
-        out = out.float()
+        out, var_out = split_output(out.float(), self.variance)
         a, s = self._a[t], self._s[t]
         eps, x0 = to_eps_x0(out, x_t, a, s, self.prediction)
         if self.clip_x0:
             x0 = x0.clamp(-1, 1)
             eps = eps_from_x0(x0, x_t, a, s)
-        return Prediction(eps=eps, x0=x0)
+        return Prediction(eps=eps, x0=x0, variance=var_out)

@@ -2,7 +2,8 @@
 
 A run folder holds:
   config.json              the full typed RunConfig
-  checkpoint.safetensors   weights, EMA, optimizer state and RNG states, with step and config in its
+  checkpoint.safetensors   weights, EMA, optimizer state, RNG states and extra training state (e.g. the
+                           loss-aware timestep sampler's history), with step and config in its
                            metadata: everything ``--resume`` needs, in one file so one rename commits it
   ema.safetensors          the EMA weights alone (the sampling model), with the config in its metadata
 """
@@ -73,11 +74,14 @@ def _cpu_state(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
-def save_checkpoint(run_dir: Path, cfg: RunConfig, step: int, model, ema, optimizer, rng: dict[str, torch.Tensor]) -> None:
+def save_checkpoint(run_dir: Path, cfg: RunConfig, step: int, model, ema, optimizer, rng: dict[str, torch.Tensor],
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
+    """``extra``: further training state for ``--resume`` (e.g. the loss-aware timestep sampler's history)."""
     run_dir = Path(run_dir)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     tensors = {**_cpu_state(model, "model"), **_cpu_state(ema, "ema"), **opt_tensors,
-               **{f"rng.{k}": v.contiguous().cpu() for k, v in rng.items()}}
+               **{f"rng.{k}": v.contiguous().cpu() for k, v in rng.items()},
+               **{f"extra.{k}": v.detach().contiguous().cpu() for k, v in (extra or {}).items()}}
     meta = {"format": FORMAT, "step": str(step), "config": cfg.to_json(), "optimizer": json.dumps(opt_meta)}
     atomic_write(run_dir / CHECKPOINT, lambda tmp: save_file(tensors, tmp, metadata=meta))
     ema_tensors = {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")}
@@ -108,7 +112,7 @@ def find_file(run: str | Path, name: str) -> Path:
 
 
 def load_training_state(run_dir: str | Path) -> dict[str, Any]:
-    """Everything ``--resume`` needs: config, step, model/ema/optimizer state dicts, RNG states."""
+    """Everything ``--resume`` needs: config, step, model/ema/optimizer state dicts, RNG states, extra state."""
     tensors, meta = _open(find_file(run_dir, CHECKPOINT))
     if meta.get("format") != FORMAT:
         raise UserError(f"{run_dir} is not a ddpm checkpoint (format {meta.get('format')!r})")
@@ -124,6 +128,7 @@ def load_training_state(run_dir: str | Path) -> dict[str, Any]:
         "optimizer": _unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optimizer.")},
                                           json.loads(meta["optimizer"])),
         "rng": part("rng"),
+        "extra": part("extra"),
     }
 
 

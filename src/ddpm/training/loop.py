@@ -17,12 +17,14 @@ from tqdm.auto import tqdm
 from ddpm.api import build_model, build_schedule, sample_images
 from ddpm.config import RunConfig
 from ddpm.data.datasets import ImageDataset, load_dataset
-from ddpm.diffusion.losses import simple_loss
 from ddpm.errors import UserError
+from ddpm.models.unet import check_model_config
 from ddpm.training import checkpoint as ckpt
 from ddpm.training import distributed as dist
 from ddpm.training.ema import ema_decay_at, make_ema, update_ema
+from ddpm.training.objective import Objective
 from ddpm.viz.grid import save_grid
+from ddpm.viz.plots import save_loss_plot
 
 
 def lr_at(step: int, cfg) -> float:
@@ -44,6 +46,22 @@ def check_data(data: ImageDataset, cfg: RunConfig) -> None:
                         f"{want[0]}x{want[1]}x{want[2]}; pick a matching --preset or image size")
     if len(data) < 1:
         raise UserError(f"data set {data.name} is empty")
+    k = cfg.model.num_classes
+    if k:
+        if data.labels is None or not data.num_classes:
+            raise UserError(f"a class-conditional model needs labels, but data set {data.name} has none")
+        if data.num_classes != k:
+            raise UserError(f"the model has {k} classes but data set {data.name} has {data.num_classes}")
+        if not 0.0 <= cfg.train.p_uncond < 1.0:
+            raise UserError(f"p_uncond must be in [0, 1), got {cfg.train.p_uncond}")
+
+
+def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator) -> torch.Tensor:
+    """Ho & Salimans (2022) Algorithm 1: each label becomes the "no label" index with probability p_uncond."""
+    if p_uncond <= 0:
+        return y
+    drop = torch.rand(y.shape, device=y.device, generator=generator) < p_uncond
+    return torch.where(drop, torch.full_like(y, null_label), y)
 
 
 class _Logger:
@@ -112,12 +130,16 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
     elif (run_dir / ckpt.CHECKPOINT).exists():
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
 
+    check_model_config(cfg.model)
     torch.manual_seed(tc.seed + env.rank)  # dropout draws from the global generator
-    data = data if data is not None else load_dataset(tc.data, tc.data_dir)
+    if data is None:
+        data = load_dataset(tc.data, tc.data_dir, image_size=cfg.model.image_size,
+                            channels=cfg.model.in_channels, skip_bad_images=tc.skip_bad_images)
     check_data(data, cfg)
     images = data.images.to(device)
 
     schedule = build_schedule(cfg.diffusion).to(device)
+    objective = Objective(cfg.diffusion, schedule, device)  # loss, t sampler, per-quartile logs
     model = build_model(cfg.model).to(device)
     ema = make_ema(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -128,6 +150,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(gen, state["rng"])
+        objective.load_state_dict(state.get("extra", {}))
         step = state["step"]
     train_model = dist.wrap(model, env, device)
 
@@ -138,12 +161,16 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
 
     def save() -> None:
         if env.is_main:
-            ckpt.save_checkpoint(run_dir, cfg, step, model, ema, optimizer, _rng_state(gen))
+            ckpt.save_checkpoint(run_dir, cfg, step, model, ema, optimizer, _rng_state(gen),
+                                 extra=objective.state_dict())
+            save_loss_plot(run_dir / "log.jsonl", run_dir / "loss.png")
 
     def preview() -> None:
         if env.is_main:
             g = torch.Generator("cpu").manual_seed(tc.seed)
-            x = sample_images(ema, cfg, tc.num_sample_images, generator=g, device=device, progress=False)
+            k = cfg.model.num_classes  # a conditional model previews its classes in turn
+            y = torch.arange(tc.num_sample_images) % k if k else None
+            x = sample_images(ema, cfg, tc.num_sample_images, generator=g, device=device, progress=False, y=y)
             save_grid(x, run_dir / "samples" / f"step_{step:07d}.png")
 
     n, T = len(data), cfg.diffusion.timesteps
@@ -158,11 +185,13 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
             idx = torch.randint(0, n, (tc.batch_size,), device=device, generator=gen)
             x0 = images[idx]
             y = data.labels.to(device)[idx] if cfg.model.num_classes and data.labels is not None else None
-            t = torch.randint(0, T, (tc.batch_size,), device=device, generator=gen)
+            t, weights = objective.sample_timesteps(tc.batch_size, gen)
             noise = torch.randn(x0.shape, device=device, generator=gen)
+            if y is not None:  # drawn from gen after t and noise, so --resume replays it exactly
+                y = drop_labels(y, tc.p_uncond, cfg.model.num_classes, gen)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, tc)
-            loss = simple_loss(train_model, schedule, x0, t, noise, prediction=cfg.diffusion.prediction, y=y)["loss"].mean()
+            loss = objective.loss(train_model, x0, t, noise, weights, y=y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
@@ -180,7 +209,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
                 loss_count = 0
                 rate = (step - step_start) * tc.batch_size * env.world_size / (time.perf_counter() - t_start)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
-                logger.log(step, loss=mean_loss, lr=lr_at(step - 1, tc), images_per_s=rate)
+                logger.log(step, loss=mean_loss, lr=lr_at(step - 1, tc), images_per_s=rate, **objective.log_values())
             if step % tc.checkpoint_every == 0 and step < tc.steps:
                 save()
             if tc.sample_every and step % tc.sample_every == 0 and step < tc.steps:

@@ -1,0 +1,303 @@
+"""Classifier-FID against network evaluations for ancestral sampling, DDIM and DPM-Solver++(2M) (issue 6),
+with diffusers' DDIMScheduler and DPMSolverMultistepScheduler driving the same trained model.
+
+For every sampler and every number of network evaluations (NFE: 10, 20, 50, 100, 1000 by default) it
+draws ``--n`` images from the same starting noise (image i from seed SEED + i), embeds them with a
+classifier trained on the data set (``ddpm.evaluation``; its penultimate layer is the feature space)
+and computes the Frechet distance to the features of the real images. Every sampler of ours makes
+exactly NFE network calls (its grid starts at T-1 and ends at 0); the diffusers loops make one call
+per entry of ``scheduler.timesteps``, with their own 0-based timesteps passed straight to our network
+(the same convention as ours: ``alphas_cumprod[t]``, t in 0..T-1), their betas set to ours and their
+``prediction_type`` set to the run's. diffusers variants: ``ddim`` (their default "leading" spacing,
+which never calls the network at t = T-1: diffusers #2585), ``ddim-trailing`` (their fix),
+``dpm++2m`` (their defaults: uniform t, lower-order final, last step to sigma = 0) and ``dpm++2m-lu``
+(uniform log-SNR, like ``--samplers dpm++2m:logsnr``). Their DDIM clips x0 as the run does
+(``clip_sample``); their DPM-Solver++ has no plain clipping, ours clips x0 when the run does.
+
+Writes OUT/results.json (every row: sampler, NFE, FID, seconds), OUT/results.md (a table, plus the
+issue's targets: DPM-Solver++ at 20 NFE within 10% of 1000-step ancestral, at 10 within 25%) and
+OUT/fid_vs_nfe.png. The reference statistics are those of every image of the data set; a line "real
+data" is the FID of n real images (drawn with replacement when n exceeds the set) against them: the
+floor that n samples can reach. FID with few samples is biased upwards; compare rows of one run only.
+
+Full runs (not run by the tests; on a GPU they take minutes, on a 2-core CPU hours):
+
+    .venv/bin/python benchmarks/fast_sampling.py --checkpoint runs/digits --n 2000 \\
+        --out benchmarks/results/fast_sampling-digits
+    .venv/bin/python benchmarks/fast_sampling.py --checkpoint runs/mnist --n 10000 \\
+        --out benchmarks/results/fast_sampling-mnist
+
+The classifier is ``--classifier DIR`` (saved by ``ddpm.evaluation.classifier.save_classifier``), else
+the data set's cached one from ``ddpm.evaluation.reference.cached_classifier`` (trained on first use,
+``--classifier-epochs``). Tiny smoke test (tests/test_fast_sampling_benchmark.py): a tiny run,
+``--n 32 --nfe 5 10 --classifier-epochs 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ddpm.api import load_run
+from ddpm.data.datasets import load_dataset
+from ddpm.errors import UserError
+from ddpm.sampling import DEFAULT_GRIDS, SAMPLERS
+from ddpm.sampling.noise import randn, seed_generators
+from ddpm.training.distributed import DistEnv, resolve_device
+
+DIFFUSERS_VARIANTS = ("ddim", "ddim-trailing", "dpm++2m", "dpm++2m-lu")
+
+
+# --- the metric: ddpm.evaluation's classifier features and Frechet distance -----------------------------
+
+
+def make_classifier_extractor(args, data, device):
+    """The data set's own classifier: --classifier, else ddpm.evaluation's cached one (trained once)."""
+    from ddpm.evaluation.classifier import ClassifierTrainConfig
+    from ddpm.evaluation.features import make_extractor
+    from ddpm.evaluation.reference import cached_classifier
+
+    if args.classifier:
+        return make_extractor("classifier", classifier=args.classifier, device=device)
+    cfg = ClassifierTrainConfig(epochs=args.classifier_epochs, device=str(device), seed=args.seed)
+    model, _, folder = cached_classifier(data, cfg=cfg, device=device)
+    extractor = make_extractor("classifier", classifier=model, device=device)
+    extractor.info["path"] = str(folder)
+    return extractor
+
+
+def fid_of(images: torch.Tensor, extractor, ref, args, device) -> float:
+    from ddpm.evaluation.features import extract
+    from ddpm.evaluation.metrics import frechet_distance
+
+    feats, _ = extract(extractor, images.clamp(-1, 1), batch_size=args.batch_size, device=device, progress=False)
+    return frechet_distance(ref.fid, feats)
+
+
+# --- the samplers -------------------------------------------------------------------------------------
+
+
+def ours(run, name: str, grid: str | None, nfe: int, args, device) -> torch.Tensor:
+    from ddpm.evaluation.samples import generate_samples
+
+    return generate_samples(run.model, run.config, args.n, seed=args.seed, batch_size=args.batch_size,
+                            device=device, sampler=name, steps=nfe, grid=grid, progress=False)
+
+
+def make_scheduler(run, variant: str):
+    """A diffusers scheduler over our schedule's betas and the run's prediction type."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    d = run.config.diffusion
+    common = dict(num_train_timesteps=run.schedule.num_timesteps,
+                  trained_betas=run.schedule.betas.numpy().astype(np.float32),
+                  prediction_type={"eps": "epsilon", "x0": "sample", "v": "v_prediction"}[d.prediction])
+    if variant == "ddim":
+        return DDIMScheduler(**common, clip_sample=d.clip_x0)
+    if variant == "ddim-trailing":
+        return DDIMScheduler(**common, clip_sample=d.clip_x0, timestep_spacing="trailing")
+    if variant == "dpm++2m":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    if variant == "dpm++2m-lu":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
+                                           use_lu_lambdas=True)
+    raise UserError(f"unknown diffusers variant {variant!r}; choose from {', '.join(DIFFUSERS_VARIANTS)}")
+
+
+@torch.no_grad()
+def theirs(run, variant: str, nfe: int, args, device) -> tuple[torch.Tensor, list[int]]:
+    """diffusers' own loop (set_timesteps, then model(x, t) and step per timestep) around our U-Net;
+    image i starts from the x_T of seed SEED + i, as ours do."""
+    cfg = run.config
+    out, calls = [], []
+    for start in range(0, args.n, args.batch_size):
+        gens = seed_generators(range(args.seed + start, args.seed + min(args.n, start + args.batch_size)))
+        scheduler = make_scheduler(run, variant)  # a fresh one per batch: the multistep solver keeps history
+        scheduler.set_timesteps(nfe, device=device)
+        shape = (len(gens), cfg.model.in_channels, *cfg.model.image_size)
+        x = randn(shape, gens, device) * scheduler.init_noise_sigma  # the x_T sample_images draws
+        calls = []
+        for t in scheduler.timesteps:
+            tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+            model_out = run.model(scheduler.scale_model_input(x, t), tt)
+            x = scheduler.step(model_out[:, : cfg.model.in_channels], t, x).prev_sample  # mean channels only
+            calls.append(int(t))
+        out.append(x.float().cpu())
+    return torch.cat(out), calls
+
+
+# --- the benchmark --------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="trained run folder")
+    p.add_argument("--data", help="reference data set (default: the run's)")
+    p.add_argument("--data-dir")
+    p.add_argument("--n", type=int, default=2000, help="samples per (sampler, NFE) (default: 2000)")
+    p.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100, 1000])
+    p.add_argument("--samplers", nargs="+", default=["ancestral", "ddim", "dpm++2m", "dpm++2m:logsnr"],
+                   help="ours, as NAME or NAME:GRID (e.g. dpm++2m:even)")
+    p.add_argument("--diffusers", nargs="*", default=list(DIFFUSERS_VARIANTS),
+                   help=f"diffusers variants ({', '.join(DIFFUSERS_VARIANTS)}); none with an empty list")
+    p.add_argument("--classifier", help="a saved classifier folder (default: train one on the data)")
+    p.add_argument("--classifier-epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from ddpm.evaluation.reference import reference_stats
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device, DistEnv())
+    run = load_run(args.checkpoint, device)
+    T = run.schedule.num_timesteps
+    data = load_dataset(args.data or run.config.train.data, args.data_dir or run.config.train.data_dir)
+    extractor = make_classifier_extractor(args, data, device)
+    ref = reference_stats(data, extractor, device=device, batch_size=args.batch_size)
+    g = torch.Generator().manual_seed(args.seed)
+    real_idx = (torch.randint(0, len(data), (args.n,), generator=g) if args.n > len(data)
+                else torch.randperm(len(data), generator=g)[: args.n])
+    floor = fid_of(data.images[real_idx], extractor, ref, args, device)
+
+    nfes = sorted({k for k in args.nfe if 1 <= k <= T})
+    if set(args.nfe) - set(nfes):
+        print(f"skipping NFE {sorted(set(args.nfe) - set(nfes))}: the run has T = {T} steps")
+    jobs = []
+    for spec in args.samplers:
+        name, _, grid = spec.partition(":")
+        if name not in SAMPLERS:
+            raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        jobs.append(("ours", name, grid or None, f"{name} ({grid or DEFAULT_GRIDS.get(name, 'even')})"))
+    for variant in args.diffusers:
+        make_scheduler(run, variant)  # fail early on a bad name or a missing diffusers
+        jobs.append(("diffusers", variant, None, f"diffusers {variant}"))
+
+    rows = []
+    bar = tqdm(total=len(jobs) * len(nfes), desc="fast sampling benchmark")
+    for kind, name, grid, label in jobs:
+        for nfe in nfes:
+            t0 = time.perf_counter()
+            row = {"sampler": label, "kind": kind, "nfe": nfe}
+            if kind == "ours":
+                x = ours(run, name, grid, nfe, args, device)
+            else:
+                try:
+                    x, calls = theirs(run, name, nfe, args, device)
+                    row.update(network_calls=len(calls), first_timestep=calls[0], last_timestep=calls[-1])
+                except Exception as e:  # noqa: BLE001 - a peer's scheduler failing here is a result to report
+                    x = None
+                    row["error"] = f"{type(e).__name__}: {e}"
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            row["seconds"] = time.perf_counter() - t0
+            row["fid"] = None if x is None else fid_of(x, extractor, ref, args, device)
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix(sampler=label, nfe=nfe, fid="error" if x is None else f"{row['fid']:.3f}")
+    bar.close()
+
+    result = {"checkpoint": str(args.checkpoint), "data": data.name, "n": args.n, "ref_n": ref.num_images,
+              "timesteps": T, "device": str(device), "real_data_fid": floor, "classifier": extractor.info,
+              "rows": rows, "targets": targets(rows)}
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / "results.md").write_text(markdown(result))
+    plot(result, out / "fid_vs_nfe.png")
+    print((out / "results.md").read_text())
+    return result
+
+
+def targets(rows) -> dict:
+    """Issue 6: DPM-Solver++ at 20 NFE within 10% of the 1000-step (here: most-step) ancestral FID, at 10
+    within 25%; and ours at least as good as the best diffusers variant of the same method at each NFE."""
+    fid = {(r["sampler"], r["nfe"]): r["fid"] for r in rows if r["fid"] is not None}
+    ours_rows = [r for r in rows if r["kind"] == "ours" and r["fid"] is not None]
+    out = {}
+    anc = [r for r in ours_rows if r["sampler"].startswith("ancestral")]
+    dpm = next((r["sampler"] for r in ours_rows if r["sampler"].startswith("dpm++2m")), None)
+    if anc and dpm:
+        base = max(anc, key=lambda r: r["nfe"])
+        for nfe, tol in ((20, 0.10), (10, 0.25)):
+            if (dpm, nfe) in fid:
+                out[f"{dpm} @ {nfe} NFE within {tol:.0%} of ancestral @ {base['nfe']}"] = {
+                    "fid": fid[(dpm, nfe)], "reference": base["fid"], "ratio": fid[(dpm, nfe)] / base["fid"],
+                    "met": fid[(dpm, nfe)] <= (1 + tol) * base["fid"]}
+    for family in ("ddim", "dpm++2m"):
+        mine = next((r["sampler"] for r in ours_rows if r["sampler"].startswith(family + " ")), None)
+        for nfe in sorted({r["nfe"] for r in rows}):
+            peers = [r for r in rows if r["kind"] == "diffusers" and r["nfe"] == nfe and r["fid"] is not None
+                     and r["sampler"].removeprefix("diffusers ").startswith(family)]
+            if mine and (mine, nfe) in fid and peers:
+                best = min(peers, key=lambda r: r["fid"])
+                out[f"{mine} @ {nfe} NFE at least as good as {best['sampler']}"] = {
+                    "fid": fid[(mine, nfe)], "reference": best["fid"], "ratio": fid[(mine, nfe)] / best["fid"],
+                    "met": fid[(mine, nfe)] <= best["fid"]}
+    return out
+
+
+def markdown(result) -> str:
+    rows = result["rows"]
+    nfes = sorted({r["nfe"] for r in rows})
+    samplers = list(dict.fromkeys(r["sampler"] for r in rows))
+    by = {(r["sampler"], r["nfe"]): r for r in rows}
+
+    def cell(r):
+        return "error" if r["fid"] is None else f"{r['fid']:.3f} ({r['seconds']:.0f} s)"
+
+    lines = [f"# Classifier-FID vs network evaluations: {result['data']}, {result['n']} samples, "
+             f"T = {result['timesteps']}, {result['device']}", "",
+             f"Real data ({result['n']} images vs {result['ref_n']}): FID {result['real_data_fid']:.3f}", "",
+             "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
+             "|---|" + "---:|" * len(nfes)]
+    for s in samplers:
+        lines.append(f"| {s} | " + " | ".join(cell(by[(s, k)]) if (s, k) in by else "-" for k in nfes) + " |")
+    lines.append("")
+    for name, t in result["targets"].items():
+        lines.append(f"- {name}: {t['fid']:.3f} vs {t['reference']:.3f} (x{t['ratio']:.2f}): "
+                     f"{'met' if t['met'] else 'NOT met'}")
+    errors = [r for r in rows if r.get("error")]
+    for r in errors:
+        lines.append(f"- {r['sampler']} @ {r['nfe']} NFE failed: {r['error']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in dict.fromkeys(r["sampler"] for r in result["rows"]):
+        pts = sorted((r["nfe"], r["fid"]) for r in result["rows"] if r["sampler"] == s and r["fid"] is not None)
+        if not pts:
+            continue
+        ours_ = not s.startswith("diffusers")
+        ax.plot(*zip(*pts), marker="o" if ours_ else "x", linestyle="-" if ours_ else "--", label=s)
+    ax.axhline(result["real_data_fid"], color="gray", linestyle=":", label="real data")
+    ax.set_xscale("log")
+    if min((r["fid"] for r in result["rows"] if r["fid"] is not None), default=0) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("network evaluations")
+    ax.set_ylabel("classifier-FID")
+    ax.set_title(f"{result['data']}: {result['n']} samples per point")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

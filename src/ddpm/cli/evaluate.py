@@ -1,0 +1,177 @@
+"""``ddpm evaluate``: FID, KID, precision/recall, Inception Score and classifier confidence of a model.
+
+Samples come from a run (``--checkpoint``, drawn in seeded batches: sample i from seed S + i) or from
+``--samples`` (a samples.npz of ``ddpm sample`` or a folder of images); they are compared with the run's
+training data or ``--reference DATA``. Prints a table and writes a JSON report.
+
+Features: ``inception`` (the standard FID network; comparable with papers) or ``classifier`` (a small
+classifier of the reference data, trained and cached on first use unless ``--classifier PATH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+from ddpm.cli._common import add_device, positive_int
+from ddpm.errors import UserError
+
+# Metrics that need the model itself rather than its samples: name -> "module:function". The function
+# is called as fn(run, dataset, n, *, device, seed, progress) and returns a dict of floats for the report.
+# A metric whose module is absent from this installation is refused with a clear message.
+MODEL_METRICS = {"nll": "ddpm.evaluation.nll:evaluate_nll"}
+DEFAULT_METRICS = "fid,kid,precision_recall,is,confidence"
+DEFAULT_N = 1000
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="FID / KID / precision-recall / IS of a run or of samples",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="run folder (or its ema.safetensors) to sample from")
+    src.add_argument("--samples", help="samples.npz (uint8 (N, H, W[, C])) or a folder of images")
+    p.add_argument("--metrics", default=DEFAULT_METRICS,
+                   help="comma-separated: fid, kid, precision_recall, is, confidence; nll where installed "
+                   f"(default: {DEFAULT_METRICS})")
+    p.add_argument("--n", type=positive_int("--n"),
+                   help=f"number of samples (default: {DEFAULT_N} from a run, all of --samples)")
+    p.add_argument("--sampler", default="ancestral", help="sampler name (default: ancestral, Algorithm 2)")
+    p.add_argument("--steps", type=positive_int("--steps"), help="sampling steps (default: all T)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i (default: 0)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
+    p.add_argument("--features", choices=["inception", "classifier"],
+                   help="feature extractor (default: inception for RGB images of 32 px and up, else classifier)")
+    p.add_argument("--classifier", help="classifier folder from `ddpm train-classifier` (default: one trained "
+                   "on the reference data, cached)")
+    p.add_argument("--inception-weights", help="local FID Inception weights file (pt_inception-2015-12-05)")
+    p.add_argument("--reference", help="reference data set, same names as --data (default: the run's data)")
+    p.add_argument("--data-dir", help="folder holding the reference data set's files")
+    p.add_argument("--out", help="JSON report path (default: RUN/eval/... or next to --samples)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device(p)
+    p.set_defaults(func=run)
+
+
+def _known_metrics() -> tuple[str, ...]:
+    from ddpm.evaluation.report import SAMPLE_METRICS
+
+    return (*SAMPLE_METRICS, *MODEL_METRICS)
+
+
+def _model_metric(name: str):
+    """The function behind a model metric such as ``nll``, or a UserError if it is not installed."""
+    module_name, fn_name = MODEL_METRICS[name].split(":")
+    if importlib.util.find_spec(module_name) is None:
+        raise UserError(f"metric {name} is not available in this installation ({module_name} is missing)")
+    return getattr(importlib.import_module(module_name), fn_name)
+
+
+def default_out(args, features: str, n: int) -> Path:
+    if args.out:
+        return Path(args.out)
+    if args.checkpoint:
+        folder = Path(args.checkpoint)
+        folder = folder if folder.is_dir() else folder.parent
+        steps = f"-{args.steps}steps" if args.steps else ""
+        return folder / "eval" / f"{features}-{args.sampler}{steps}-n{n}-seed{args.seed}.json"
+    p = Path(args.samples)
+    return (p if p.is_dir() else p.parent) / f"eval-{features}-n{n}.json"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddpm.api import load_run
+    from ddpm.data.datasets import load_dataset
+    from ddpm.evaluation.features import extract, make_extractor
+    from ddpm.evaluation.reference import cached_classifier, reference_stats
+    from ddpm.evaluation.report import SAMPLE_METRICS, check_sample_count, compute_metrics, format_table, parse_metrics
+    from ddpm.evaluation.samples import generate_samples, load_samples
+    from ddpm.training.distributed import DistEnv, resolve_device
+
+    progress = not args.no_progress
+    names = parse_metrics(args.metrics, _known_metrics())
+    sample_names = [m for m in names if m in SAMPLE_METRICS]
+    model_fns = {m: _model_metric(m) for m in names if m in MODEL_METRICS}
+    if model_fns and not args.checkpoint:
+        raise UserError(f"{', '.join(model_fns)} needs the model: pass --checkpoint, not --samples")
+    if args.steps is not None and args.samples:
+        raise UserError("--steps applies to sampling from --checkpoint, not to --samples")
+    device = resolve_device(args.device or "auto", DistEnv())
+
+    run_ = load_run(args.checkpoint, device) if args.checkpoint else None
+    data_name = args.reference or (run_.config.train.data if run_ else "digits")
+    data_dir = args.data_dir or (run_.config.train.data_dir if run_ and not args.reference else None)
+    reference = load_dataset(data_name, data_dir)
+    n = args.n or (DEFAULT_N if run_ else None)
+    if n is not None:
+        check_sample_count(sample_names, n, len(reference))
+
+    report: dict = {"metrics": {}, "reference": {"data": reference.name, "num_images": len(reference)},
+                    "seconds": {}}
+    if run_:
+        shape = (run_.config.model.in_channels, *run_.config.model.image_size)
+        report["source"] = {"checkpoint": str(args.checkpoint), "step": run_.step, "sampler": args.sampler,
+                            "steps": args.steps or run_.config.diffusion.timesteps, "seed": args.seed}
+    else:
+        report["source"] = {"samples": str(args.samples)}
+    if sample_names:
+        features_name = args.features or ("inception" if reference.shape[0] == 3 and min(reference.shape[1:]) >= 32
+                                          else "classifier")
+        if features_name == "classifier" and not args.classifier:
+            model, info, folder = cached_classifier(reference, progress=progress, device=device)
+            extractor = make_extractor("classifier", classifier=model, device=device)
+            extractor.info.update(info, path=str(folder))
+        else:
+            extractor = make_extractor(features_name, classifier=args.classifier,
+                                       inception_weights=args.inception_weights, device=device)
+        t0 = time.perf_counter()
+        stats = reference_stats(reference, extractor, device=device, batch_size=args.batch_size, progress=progress)
+        report["seconds"]["reference_features"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if run_:
+            if shape != reference.shape:
+                raise UserError(f"the run makes {'x'.join(map(str, shape))} images but {reference.name} holds "
+                                f"{'x'.join(map(str, reference.shape))} images; pick a matching --reference")
+            images = generate_samples(run_.model, run_.config, n, seed=args.seed, batch_size=args.batch_size,
+                                      device=device, sampler=args.sampler, steps=args.steps, progress=progress)
+            report["seconds"]["sampling"] = time.perf_counter() - t0
+        else:
+            images = load_samples(args.samples, n)
+            n = len(images)
+            check_sample_count(sample_names, n, len(reference))
+            if tuple(images.shape[1:]) != reference.shape:
+                raise UserError(f"the samples are {'x'.join(map(str, images.shape[1:]))} images but {reference.name} "
+                                f"holds {'x'.join(map(str, reference.shape))} images; pick a matching --reference")
+        t0 = time.perf_counter()
+        feats, logits = extract(extractor, images, batch_size=args.batch_size, device=device, progress=progress,
+                                desc="sample features")
+        report["seconds"]["sample_features"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        report["metrics"].update(compute_metrics(sample_names, feats, logits, stats,
+                                                 num_classes=extractor.num_classes, seed=args.seed))
+        report["seconds"]["metrics"] = time.perf_counter() - t0
+        report["features"] = extractor.info
+    else:
+        features_name = "model"
+    report["n"] = n
+    for name, fn in model_fns.items():
+        t0 = time.perf_counter()
+        # A model metric runs over data images, all of them unless --n is given (the sample default is not theirs).
+        report["metrics"].update(fn(run_, reference, args.n, device=device, seed=args.seed, progress=progress))
+        report["seconds"][name] = time.perf_counter() - t0
+
+    out = default_out(args, features_name, n)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    rows: dict = {k: v for k, v in report["metrics"].items() if not isinstance(v, (list, dict))}  # curves: JSON only
+    if "held_out_accuracy" in report.get("features", {}):
+        rows["classifier held-out accuracy"] = float(report["features"]["held_out_accuracy"])
+    src = report["source"].get("checkpoint") or report["source"]["samples"]
+    print(format_table(rows, f"{src}: {n} samples vs {reference.name} ({len(reference)} images), "
+                             f"{features_name} features"))
+    print(f"report written to {out}")
+    return 0

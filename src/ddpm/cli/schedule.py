@@ -1,0 +1,34 @@
+"""``ddpm schedule``: the variance schedules, linear (Ho et al. 2020) and cosine (Nichol & Dhariwal 2021).
+
+Prints beta_t, alpha-bar_t, the signal scale sqrt(alpha-bar_t), the noise scale sqrt(1 - alpha-bar_t)
+and log-SNR at a few steps; with --plot also draws them against t, the two schedules side by side.
+The numbers come from ``ddpm.diffusion.schedule.make_schedule``, the code the model trains with.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ddpm.cli._common import picture_path, positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("schedule", help="print (and --plot) the linear and cosine variance schedules",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--timesteps", type=positive_int("--timesteps"), default=1000, help="T (default: 1000)")
+    p.add_argument("--plot", action="store_true", help="also draw the curves to --out")
+    p.add_argument("--out", help="PNG file, or a folder (default: schedule.png)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddpm.errors import UserError
+    from ddpm.viz.plots import plot_schedules, schedule_table
+
+    if args.out and not args.plot:
+        raise UserError("--out needs --plot (without it the schedule is only printed)")
+    print(schedule_table(args.timesteps))
+    if args.plot:
+        out = plot_schedules(picture_path(args.out, "schedule.png"), args.timesteps)
+        print(f"wrote {out}")
+    return 0

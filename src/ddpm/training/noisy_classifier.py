@@ -1,0 +1,190 @@
+"""Training the noise-aware classifier of classifier guidance (Dhariwal & Nichol 2021, §4) and its files.
+
+The classifier learns p(y | x_t, t) on x_t = q_sample(x0, t, eps) with t uniform over the 0-based
+training steps of one schedule (Ho et al. Eq. 4), so its gradient grad_x log p(y | x_t, t) is defined
+wherever a sampler evaluates it. A guided model must use the same schedule and T: both are saved with
+the weights and checked when the classifier is loaded for guidance.
+
+Saved as PATH/classifier.safetensors (weights; architecture, diffusion settings and held-out accuracies
+in its metadata) plus a readable PATH/classifier.json. No pickle. The file names are those of
+``ddpm.evaluation.classifier`` (a clean-image classifier); the format tag tells the two apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from tqdm.auto import tqdm
+
+from ddpm.config import DiffusionConfig, ModelConfig, _build, update
+from ddpm.data.datasets import ImageDataset
+from ddpm.diffusion.process import q_sample
+from ddpm.diffusion.schedule import make_schedule
+from ddpm.errors import UserError
+from ddpm.evaluation.classifier import FORMAT as CLEAN_FORMAT
+from ddpm.evaluation.classifier import INFO, WEIGHTS, split_indices
+from ddpm.models.classifier import NoisyClassifier
+from ddpm.training.checkpoint import atomic_write, write_text_atomic
+
+FORMAT = "ddpm-noisy-classifier-1"
+
+
+@dataclass
+class NoisyClassifierTrainConfig:
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    held_out: float = 0.2  # share of the data kept for the held-out accuracies
+    seed: int = 0
+    device: str = "cpu"
+    schedule: str = "linear"  # the diffusion the classifier will guide: its schedule ...
+    timesteps: int = 1000  # ... and T
+    base_channels: int | None = None  # None: the width of the data set's preset U-Net
+
+
+def classifier_config_for(data: ImageDataset, base_channels: int | None = None) -> ModelConfig:
+    """The data set's preset U-Net architecture (``ddpm.presets``), fitted to its images and classes."""
+    from ddpm.presets import make_config, preset_for_data
+
+    if data.labels is None or not data.num_classes:
+        raise UserError(f"data set {data.name} has no labels; a classifier needs a labelled data set")
+    c, h, w = data.shape
+    model = make_config(preset_for_data(data.name)).model
+    values = {"image_size": (h, w), "in_channels": c, "out_channels": c, "num_classes": data.num_classes}
+    if base_channels is not None:
+        values["base_channels"] = base_channels
+    return update(model, values, "classifier model")
+
+
+@torch.no_grad()
+def noisy_accuracy(model: NoisyClassifier, schedule, images: torch.Tensor, labels: torch.Tensor,
+                   t: torch.Tensor, generator: torch.Generator, batch_size: int = 512) -> torch.Tensor:
+    """Per-example correctness (N,) of the classifier on q_sample(images, t) with noise from ``generator``."""
+    device = next(model.parameters()).device
+    hits = []
+    for xb, yb, tb in zip(images.split(batch_size), labels.split(batch_size), t.split(batch_size)):
+        noise = torch.randn(xb.shape, generator=generator)
+        x_t = q_sample(schedule, xb, tb, noise)
+        hits.append((model(x_t.to(device), tb.to(device)).argmax(1).cpu() == yb))
+    return torch.cat(hits)
+
+
+def train_noisy_classifier(data: ImageDataset, cfg: NoisyClassifierTrainConfig | None = None, *,
+                           progress: bool = True) -> tuple[NoisyClassifier, dict[str, Any]]:
+    """Train p(y | x_t, t) on ``data`` (cross-entropy on x_t at uniform t); returns (model in eval mode, info).
+
+    ``info`` holds held-out accuracies at uniform t, per quarter of t and at t = 0, the split sizes and
+    the training settings. Everything random draws from one generator seeded with ``cfg.seed``.
+    """
+    cfg = cfg or NoisyClassifierTrainConfig()
+    mcfg = classifier_config_for(data, cfg.base_channels)
+    device = torch.device(cfg.device)
+    schedule = make_schedule(cfg.schedule, cfg.timesteps)
+    sched_dev = schedule.to(device)
+    T = schedule.num_timesteps
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_idx, held_idx = split_indices(len(data), cfg.held_out, gen)
+    x_train, y_train = data.images[train_idx].to(device), data.labels[train_idx].to(device)
+
+    with torch.random.fork_rng(devices=[]):
+        # Initialisation and dropout draw from the global generator; seed it from ours, then restore it.
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        model = NoisyClassifier(mcfg).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                    pct_start=0.1)
+        model.train()
+        bar = tqdm(range(cfg.epochs), desc="training noisy classifier", unit="epoch", disable=not progress)
+        for _ in bar:
+            perm = torch.randperm(len(train_idx), generator=gen)
+            loss_sum = torch.zeros((), device=device)
+            for idx in perm.split(cfg.batch_size):
+                t = torch.randint(0, T, (len(idx),), generator=gen)
+                noise = torch.randn((len(idx), *data.shape), generator=gen)
+                x0 = x_train[idx.to(device)]
+                x_t = q_sample(sched_dev, x0, t.to(device), noise.to(device))
+                loss = F.cross_entropy(model(x_t, t.to(device)), y_train[idx.to(device)])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum += loss.detach()
+            bar.set_postfix(loss=f"{loss_sum.item() / steps_per_epoch:.4f}")  # CPU-GPU sync, once per epoch
+    model.eval()
+
+    # Held-out accuracy at uniform t (one draw per image) and at the quarters of t, from a fixed seed.
+    eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    x_held, y_held = data.images[held_idx], data.labels[held_idx]
+    t_held = torch.randint(0, T, (len(held_idx),), generator=eval_gen)
+    hits = noisy_accuracy(model, schedule, x_held, y_held, t_held, eval_gen)
+    quarter = (t_held * 4) // T
+    clean = noisy_accuracy(model, schedule, x_held, y_held, torch.zeros_like(t_held), eval_gen)
+    info = {
+        "held_out_accuracy": hits.float().mean().item(),
+        "held_out_accuracy_by_quarter": [hits[quarter == q].float().mean().item() if (quarter == q).any() else None
+                                         for q in range(4)],
+        "held_out_accuracy_t0": clean.float().mean().item(),
+        "num_train": len(train_idx),
+        "num_held_out": len(held_idx),
+        "data": data.name,
+        "train": asdict(cfg),
+    }
+    return model, info
+
+
+def save_noisy_classifier(model: NoisyClassifier, path: str | Path, diffusion: dict[str, Any],
+                          info: dict[str, Any] | None = None) -> Path:
+    """Write PATH/classifier.safetensors (+ PATH/classifier.json); ``diffusion`` = {"schedule", "timesteps"}."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    config = asdict(model.config)
+    meta = {"format": FORMAT, "config": json.dumps(config), "diffusion": json.dumps(diffusion),
+            "info": json.dumps(info or {})}
+    atomic_write(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    readable = {"format": FORMAT, "config": config, "diffusion": diffusion, **(info or {})}
+    write_text_atomic(folder / INFO, json.dumps(readable, indent=2) + "\n")
+    return folder
+
+
+def load_noisy_classifier(path: str | Path, device: str | torch.device = "cpu", *,
+                          diffusion: DiffusionConfig | None = None) -> tuple[NoisyClassifier, dict[str, Any]]:
+    """(model in eval mode, info with "schedule" and "timesteps") from ``save_noisy_classifier``'s folder or file.
+
+    With ``diffusion``, a classifier trained on another schedule or T is a ``UserError``: its t would
+    mean a different noise level than the sampler's.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / WEIGHTS
+    if not p.is_file():
+        raise UserError(f"classifier not found: {path} (train one with: ddpm train-classifier --noisy --out PATH)")
+    try:
+        with safe_open(str(p), "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(p))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"cannot read classifier {p}: {e}") from None
+    if meta.get("format") == CLEAN_FORMAT:
+        raise UserError(f"{p} is a clean-image classifier; guidance needs one trained on noisy images "
+                        "(ddpm train-classifier --noisy)")
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{p} is not a ddpm noisy classifier (format {meta.get('format')!r})")
+    model = NoisyClassifier(_build(ModelConfig, json.loads(meta["config"]), "classifier config"))
+    model.load_state_dict(tensors)
+    info = {**json.loads(meta.get("info", "{}")), **json.loads(meta["diffusion"])}
+    if diffusion is not None and (info["schedule"], info["timesteps"]) != (diffusion.schedule, diffusion.timesteps):
+        raise UserError(f"the classifier {path} was trained for a {info['schedule']} schedule with T = "
+                        f"{info['timesteps']}, the model uses {diffusion.schedule} with T = {diffusion.timesteps}; "
+                        "train one with matching --schedule/--timesteps")
+    return model.to(device).eval(), info

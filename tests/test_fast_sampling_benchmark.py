@@ -1,0 +1,78 @@
+"""benchmarks/fast_sampling.py: diffusers' schedulers driven through our wrapper solve the right ODE (so
+their timestep convention is honoured), and the whole benchmark runs on a tiny run (slow: -m slow)."""
+
+import argparse
+import importlib.util
+import json
+import types
+
+import pytest
+import torch
+
+from ddpm.diffusion.schedule import make_schedule
+from ddpm.sampling.noise import randn, seed_generators
+from tests.conftest import REPO, tiny_config
+
+pytest.importorskip("diffusers")
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("fast_sampling", REPO / "benchmarks" / "fast_sampling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_diffusers_schedulers_on_our_wrapper_converge_to_the_exact_ode_map():
+    """An eps-"network" that is exact for data N(MU, S2 I): diffusers' loops over our wrapper must map
+    x_T to MU + sqrt(S2) z, z = (x_T - a_T MU) / r_T (the probability-flow ODE; see test_samplers.py),
+    which they only do if the timesteps they pass mean what our network was trained on."""
+    fs = load_benchmark()
+    mu, s2 = 0.3, 0.25
+    schedule = make_schedule("linear", 1000)
+    abar = schedule.alphas_cumprod
+
+    def model(x, t):
+        a, s = abar[t].sqrt().float().view(-1, 1, 1, 1), (1 - abar[t]).sqrt().float().view(-1, 1, 1, 1)
+        x0 = mu + a * s2 / (a * a * s2 + s * s) * (x - a * mu)
+        return (x - a * x0) / s
+
+    cfg = tiny_config()
+    cfg.diffusion.timesteps, cfg.model.image_size, cfg.diffusion.clip_x0 = 1000, (2, 2), False
+    run = types.SimpleNamespace(config=cfg, schedule=schedule, model=model)
+    args = argparse.Namespace(n=64, batch_size=64, seed=0)
+    x_T = randn((64, 1, 2, 2), seed_generators(range(64)), "cpu")
+    a_T, s_T = schedule.sqrt_alphas_cumprod[-1].item(), schedule.sqrt_one_minus_alphas_cumprod[-1].item()
+    exact = mu + s2**0.5 * (x_T - a_T * mu) / (a_T**2 * s2 + s_T**2) ** 0.5
+    for variant in ("ddim", "ddim-trailing", "dpm++2m"):
+        errs = []
+        for nfe in (10, 200):
+            x, calls = fs.theirs(run, variant, nfe, args, "cpu")
+            assert len(calls) == nfe
+            errs.append((x - exact).abs().max().item())
+        assert errs[1] < errs[0] / 8, (variant, errs)  # first order at least: 20x the steps
+        assert errs[1] < 0.05, (variant, errs)
+    # diffusers' default DDIM spacing never calls the network at T-1 (diffusers #2585); "trailing" does.
+    assert fs.theirs(run, "ddim", 10, args, "cpu")[1][0] == 900
+    assert fs.theirs(run, "ddim-trailing", 10, args, "cpu")[1][0] == 999
+
+
+@pytest.mark.slow
+def test_benchmark_runs_on_a_tiny_run(tmp_path, monkeypatch):
+    from ddpm.training.loop import train
+
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    run = train(tiny_config(), tmp_path / "run", progress=False)
+    out = tmp_path / "bench"
+    fs = load_benchmark()
+    result = fs.main(["--checkpoint", str(run), "--n", "32", "--nfe", "4", "8", "1000", "--classifier-epochs", "1",
+                      "--samplers", "ancestral", "ddim", "dpm++2m", "--diffusers", "ddim", "dpm++2m",
+                      "--out", str(out)])
+    rows = result["rows"]
+    assert {(r["sampler"], r["nfe"]) for r in rows} == {
+        (s, k) for s in ("ancestral (even)", "ddim (even)", "dpm++2m (even)", "diffusers ddim", "diffusers dpm++2m")
+        for k in (4, 8)}  # NFE 1000 > T = 20 is skipped
+    assert all(r["fid"] is not None and r["fid"] >= 0 for r in rows)
+    assert all(r["network_calls"] == r["nfe"] for r in rows if r["kind"] == "diffusers")
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
+    assert (out / "fid_vs_nfe.png").stat().st_size > 0 and "| sampler |" in (out / "results.md").read_text()

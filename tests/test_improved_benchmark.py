@@ -1,0 +1,27 @@
+"""Smoke test of benchmarks/improved_ddpm.py on a tiny model and budget (the real run is in its docstring)."""
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow  # ~25 s on an idle 2-core CPU: two tiny trainings, NLL, a classifier and six sample sets
+def test_improved_ddpm_benchmark_runs_tiny(tmp_path, tiny_config_file, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))  # the cached classifier stays in tmp
+    spec = importlib.util.spec_from_file_location("improved_ddpm", REPO / "benchmarks" / "improved_ddpm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "out"
+    r = bench.main(["--config", str(tiny_config_file), "--seconds", "5", "--n-nll", "4",
+                    "--n-fid", "16", "--respaced", "5", "10", "--classifier-epochs", "1", "--device", "cpu",
+                    "--batch-size", "16", "--out", str(out)])
+    assert set(r["models"]) == {"simple", "hybrid"}
+    assert set(r["models"]["simple"]["nll"]) == {"beta", "beta_tilde"}
+    hybrid = r["models"]["hybrid"]
+    assert set(hybrid["fid"]) == {"20", "10", "5"} and hybrid["fid"]["20"]["relative_to_T_steps"] == 1.0
+    for name in ("results.json", "results.md", "vlb_terms.png"):  # loss_quartiles.png needs a logged interval
+        assert (out / name).is_file()
+    assert json.loads((out / "results.json").read_text())["models"]["hybrid"]["loss"] == "hybrid"
