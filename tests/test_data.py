@@ -73,7 +73,7 @@ def test_cifar_folder_labels_from_folder_names():
     # Files are sorted, so image 1000 * k + j is the j-th file of class k.
     k = classes.index("cat")
     first_cat = sorted((CIFAR / "cat").iterdir())[0]
-    expected = torch.from_numpy(np.asarray(Image.open(first_cat).convert("RGB"))).permute(2, 0, 1).float() / 127.5 - 1
+    expected = torch.from_numpy(np.array(Image.open(first_cat).convert("RGB"))).permute(2, 0, 1).float() / 127.5 - 1
     assert data.labels[1000 * k] == k and torch.equal(data.images[1000 * k], expected)
     # The named set pointed at the same folder gives the same labels (CIFAR-10's order is alphabetical).
     named = load_dataset("cifar10", str(CIFAR))
