@@ -199,7 +199,7 @@ def timed_samples(sample_batch, n: int, batch: int, seed: int, device) -> tuple[
     return torch.cat(out).clamp(-1, 1), time.perf_counter() - t0
 
 
-def score(name: str, images: torch.Tensor, extractor, ref, out: Path, seed: int) -> dict:
+def score(name: str, images: torch.Tensor, extractor, ref, out: Path, seed: int, device) -> dict:
     import numpy as np
 
     from ddpm.evaluation.features import extract
@@ -208,7 +208,7 @@ def score(name: str, images: torch.Tensor, extractor, ref, out: Path, seed: int)
 
     save_grid(images[:100], out / f"{name}.png", nrow=10)
     np.savez(out / f"{name}_samples.npz", to_uint8(images))
-    feats, logits = extract(extractor, images, progress=False)
+    feats, logits = extract(extractor, images, device=device, progress=False)
     return compute_metrics(METRICS, feats, logits, ref, num_classes=10, seed=seed)
 
 
@@ -245,7 +245,7 @@ def main(argv=None) -> dict:
         rows["ours"] = {"params": count_params(run.model), "steps": run.step, "train_wall_s": wall,
                         "train_images_per_s": run.step * cfg.train.batch_size / wall,
                         "sample_images_per_s": args.n / s, "run": str(run_dir), **ours_info,
-                        **score("ours", x, extractor, ref, out, args.seed)}
+                        **score("ours", x, extractor, ref, out, args.seed, device)}
         print("ours:", rows["ours"], flush=True)
 
     for name, make in (("lucidrains", lucidrains_peer), ("diffusers", diffusers_peer)):
@@ -257,7 +257,7 @@ def main(argv=None) -> dict:
         with torch.inference_mode():
             x, s = timed_samples(lambda k, seed: sample(ema, k, seed), args.n, args.sample_batch, args.seed, device)
         rows[name] = {"params": params, **info, "sample_images_per_s": args.n / s,
-                      **score(name, x, extractor, ref, out, args.seed)}
+                      **score(name, x, extractor, ref, out, args.seed, device)}
         print(f"{name}:", rows[name], flush=True)
 
     result = {"n": args.n, "budget_s": budget, "device": str(device), "torch": torch.__version__,

@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import REPO, tiny_config
 
 
-@pytest.mark.slow  # ~20 s on an idle 2-core CPU: a tiny training, two small classifiers, eight sample sets
+@pytest.mark.slow  # ~35 s of CPU time: a tiny training, two small classifiers, four sample sets of 20
 def test_guidance_benchmark_runs_tiny(tmp_path, monkeypatch):
     from ddpm.training.loop import train
 

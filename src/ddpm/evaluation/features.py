@@ -48,6 +48,13 @@ class FeatureExtractor:
     def to(self, device) -> "FeatureExtractor":
         raise NotImplementedError
 
+    @property
+    def device(self) -> torch.device:
+        return next(self._network().parameters()).device
+
+    def _network(self) -> torch.nn.Module:
+        raise NotImplementedError
+
 
 def state_hash(module: torch.nn.Module) -> str:
     """A short content hash of a module's weights, so cached statistics follow the weights, not a path."""
@@ -85,6 +92,9 @@ class ClassifierExtractor(FeatureExtractor):
     def to(self, device):
         self.model.to(device)
         return self
+
+    def _network(self):
+        return self.model
 
 
 def _inception_weights_path(explicit: str | None) -> Path | None:
@@ -147,6 +157,9 @@ class InceptionExtractor(FeatureExtractor):
         self.net.to(device)
         return self
 
+    def _network(self):
+        return self.net
+
 
 def make_extractor(name: str, *, classifier: str | Path | Classifier | None = None,
                    inception_weights: str | Path | None = None, device="cpu") -> FeatureExtractor:
@@ -165,11 +178,14 @@ def make_extractor(name: str, *, classifier: str | Path | Classifier | None = No
 
 def extract(extractor: FeatureExtractor, images: torch.Tensor, *, batch_size: int = 256, device=None,
             progress: bool = True, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, logits) of all ``images`` (N, C, H, W) in [-1, 1], in batches, on the CPU in float32."""
+    """(features, logits) of all ``images`` (N, C, H, W) in [-1, 1], in batches, on the CPU in float32.
+
+    Batches go to ``device`` (default: where the extractor's weights are)."""
     extractor.check(tuple(images.shape[1:]))
+    device = device if device is not None else extractor.device
     feats, logits = [], []
     for xb in tqdm(images.split(batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
-        f, lg = extractor(xb.to(device) if device is not None else xb)
+        f, lg = extractor(xb.to(device))
         feats.append(f.float().cpu())
         logits.append(lg.float().cpu())
     return torch.cat(feats), torch.cat(logits)
