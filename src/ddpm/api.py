@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ddpm import performance as perf
 from ddpm.config import DiffusionConfig, ModelConfig, RunConfig
 from ddpm.diffusion.schedule import Schedule, make_schedule
 from ddpm.errors import UserError
@@ -40,7 +41,8 @@ def sample_images(model, cfg: RunConfig, n: int, *, generator: Generators = None
                   sampler: str = "ancestral", steps: int | None = None, variance: str | None = None,
                   grid: str | None = None, progress: bool = True, y=None, x_T: torch.Tensor | None = None,
                   timesteps: list[int] | None = None, guidance: float | None = None, classifier=None,
-                  classifier_scale: float = 0.0, **options) -> torch.Tensor:
+                  classifier_scale: float = 0.0, precision: str | None = None, memory_format: str | None = None,
+                  compile: str | None = None, **options) -> torch.Tensor:
     """n samples from ``model`` as (n, C, H, W) in [-1, 1].
 
     ``y`` (an int or (n,) labels) picks the classes of a conditional model; ``guidance`` is the strength w
@@ -54,6 +56,11 @@ def sample_images(model, cfg: RunConfig, n: int, *, generator: Generators = None
     ``sampler`` names one of ``ddpm.sampling.SAMPLERS`` (default: Algorithm 2); ``steps`` picks a
     sub-grid of the T training steps (all of them by default), spaced by ``grid`` (``"even"``,
     ``"quadratic"`` or ``"logsnr"``; default: ``ddpm.sampling.DEFAULT_GRIDS[sampler]``).
+
+    ``precision``, ``memory_format`` and ``compile`` are the speed options of ``ddpm.performance``
+    (default: the run's ``cfg.train`` settings, whose "auto" is the device's default; bf16 runs only the
+    network under autocast, the sampler's arithmetic stays float32). channels_last converts ``model``'s
+    weights in place; a compiled model is cached, so calls for further batches reuse it.
     """
     from ddpm.sampling import DEFAULT_GRIDS, SAMPLERS
     from ddpm.sampling.guidance import as_labels, check_labels, guide
@@ -61,6 +68,9 @@ def sample_images(model, cfg: RunConfig, n: int, *, generator: Generators = None
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     device = device or next(model.parameters()).device
+    precision = perf.resolve_precision(precision or cfg.train.precision, device)
+    memory_format = perf.resolve_memory_format(memory_format or cfg.train.memory_format, device)
+    compile = perf.resolve_compile(compile or cfg.train.compile, device, sampling=True)
     y = as_labels(y, n, device)
     check_labels(cfg.model.num_classes, y, guidance=guidance,
                  classifier_classes=None if classifier is None else classifier.config.num_classes)
@@ -74,7 +84,9 @@ def sample_images(model, cfg: RunConfig, n: int, *, generator: Generators = None
     if timesteps is None:
         timesteps = timestep_grid(schedule.num_timesteps, steps, grid or DEFAULT_GRIDS.get(sampler, "even"),
                                   schedule=schedule)
-    denoise = make_denoiser(model, cfg, schedule, y=y if cfg.model.num_classes else None)
+    net = perf.Network(perf.to_memory_format(model, memory_format), precision=precision,
+                       memory_format=memory_format, compile=compile)
+    denoise = make_denoiser(net, cfg, schedule, y=y if cfg.model.num_classes else None)
     denoise = guide(denoise, y=y, guidance=guidance, classifier=None if classifier is None else classifier.to(device),
                     classifier_scale=classifier_scale, sampler=sampler, timesteps=timesteps,
                     variance=options.get("variance", cfg.diffusion.variance))

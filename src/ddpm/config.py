@@ -70,6 +70,11 @@ class TrainConfig:
     # index each step, so one network also learns eps(x_t, none) for classifier-free guidance
     # (Ho & Salimans 2022, Algorithm 1: p_uncond = 0.1 or 0.2).
     p_uncond: float = 0.1
+    # Speed options (``ddpm.performance``; "auto" picks per device what measured fastest there):
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" (autocast, fp32 master weights and loss)
+    memory_format: str = "auto"  # "auto" | "contiguous" | "channels_last"
+    compile: str = "auto"  # "auto" | "none" | "default" | "reduce-overhead" | "max-autotune" (torch.compile)
+    adamw_impl: str = "auto"  # "auto" | "fused" | "foreach" | "for-loop"
 
 
 @dataclass
@@ -91,6 +96,11 @@ class RunConfig:
 
 
 LEARNED_VARIANCES = ("learned", "learned_range")
+# The speed options' names (TrainConfig fields; chosen per device in ``ddpm.performance``).
+PRECISIONS = ("auto", "fp32", "bf16")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
+ADAMW_IMPLS = ("auto", "fused", "foreach", "for-loop")
 
 
 def derive(cfg: RunConfig) -> RunConfig:

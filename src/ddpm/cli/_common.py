@@ -30,6 +30,19 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: auto)")
 
 
+def add_speed_flags(parser: argparse.ArgumentParser) -> None:
+    """--precision, --memory-format, --compile: the speed options of ``ddpm.performance``."""
+    from ddpm.config import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
+
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="network arithmetic: bf16 autocast with fp32 weights, or fp32 (default: auto, bf16 "
+                        "where the device has native bf16)")
+    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, help="tensor layout (default: auto, contiguous)")
+    parser.add_argument("--compile", choices=COMPILE_MODES,
+                        help="torch.compile mode (default: auto: none on CPU; on CUDA default for training, "
+                        "reduce-overhead (CUDA graphs) for sampling)")
+
+
 def picture_path(out: str | None, default_name: str):
     """Where a one-picture command writes: ``--out`` as given, or ``default_name`` inside it when it is a
     folder (an existing one, or a path ending in a slash), or ``default_name`` here when it is unset."""

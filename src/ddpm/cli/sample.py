@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddpm.cli._common import add_device, positive_int
+from ddpm.cli._common import add_device, add_speed_flags, positive_int
 
 
 def add_parser(sub) -> None:
@@ -51,6 +51,7 @@ def add_parser(sub) -> None:
     p.add_argument("--trajectory-steps", help="0-based steps for trajectory.png (default: 999,750,500,250,100,0 "
                    "scaled to T; T means T-1); a step off the sampler's grid moves to the nearest one on it")
     p.add_argument("--out", help="output folder (default: RUN/samples-seedSEED)")
+    add_speed_flags(p)
     add_device(p)
     p.set_defaults(func=run)
 
@@ -85,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                           sampler=args.sampler, steps=args.steps, grid=args.grid, **sampler_options,
                           timesteps=grid, callback=recorder if start == 0 else None,
                           y=None if labels is None else labels[start:start + count], guidance=args.guidance,
-                          classifier=classifier, classifier_scale=args.classifier_scale or 0.0)
+                          classifier=classifier, classifier_scale=args.classifier_scale or 0.0,
+                          precision=args.precision, memory_format=args.memory_format, compile=args.compile)
         if recorder is not None and start == 0:
             for path in recorder.save(x, out / "trajectory.png", out / "trajectory.gif"):
                 print(f"wrote {path}")

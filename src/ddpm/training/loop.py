@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ddpm import performance as perf
 from ddpm.api import build_model, build_schedule, sample_images
 from ddpm.config import RunConfig
 from ddpm.data.datasets import ImageDataset, load_dataset
@@ -131,28 +132,37 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
 
     check_model_config(cfg.model)
+    perf.check_options(adamw_impl=tc.adamw_impl)
+    precision = perf.resolve_precision(tc.precision, device)
+    memory_format = perf.resolve_memory_format(tc.memory_format, device)
+    compile_mode = perf.resolve_compile(tc.compile, device)
     torch.manual_seed(tc.seed + env.rank)  # dropout draws from the global generator
     if data is None:
         data = load_dataset(tc.data, tc.data_dir, image_size=cfg.model.image_size,
                             channels=cfg.model.in_channels, skip_bad_images=tc.skip_bad_images)
     check_data(data, cfg)
     images = data.images.to(device)
+    labels = data.labels.to(device) if cfg.model.num_classes and data.labels is not None else None
 
     schedule = build_schedule(cfg.diffusion).to(device)
     objective = Objective(cfg.diffusion, schedule, device)  # loss, t sampler, per-quartile logs
-    model = build_model(cfg.model).to(device)
+    model = perf.to_memory_format(build_model(cfg.model).to(device), memory_format)
     ema = make_ema(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = perf.make_adamw(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, impl=tc.adamw_impl,
+                                device=device)
     gen = torch.Generator(device).manual_seed(tc.seed * 1000 + env.rank)
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
+        perf.match_state_layouts(optimizer)
         _set_rng_state(gen, state["rng"])
         objective.load_state_dict(state.get("extra", {}))
         step = state["step"]
-    train_model = dist.wrap(model, env, device)
+    # Autocast, memory format and compilation wrap the (DDP) module; the weights stay the model's.
+    train_model = perf.Network(dist.wrap(model, env, device), precision=precision, memory_format=memory_format,
+                               compile=compile_mode)
 
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -170,10 +180,12 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
             g = torch.Generator("cpu").manual_seed(tc.seed)
             k = cfg.model.num_classes  # a conditional model previews its classes in turn
             y = torch.arange(tc.num_sample_images) % k if k else None
-            x = sample_images(ema, cfg, tc.num_sample_images, generator=g, device=device, progress=False, y=y)
+            x = sample_images(ema, cfg, tc.num_sample_images, generator=g, device=device, progress=False, y=y,
+                              precision=precision, memory_format=memory_format, compile="none")
             save_grid(x, run_dir / "samples" / f"step_{step:07d}.png")
 
     n, T = len(data), cfg.diffusion.timesteps
+    foreach_clip = device.type in ("cpu", "cuda")
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
     t_start, step_start = time.perf_counter(), step
@@ -184,7 +196,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
         while step < tc.steps:
             idx = torch.randint(0, n, (tc.batch_size,), device=device, generator=gen)
             x0 = images[idx]
-            y = data.labels.to(device)[idx] if cfg.model.num_classes and data.labels is not None else None
+            y = labels[idx] if labels is not None else None
             t, weights = objective.sample_timesteps(tc.batch_size, gen)
             noise = torch.randn(x0.shape, device=device, generator=gen)
             if y is not None:  # drawn from gen after t and noise, so --resume replays it exactly
@@ -195,7 +207,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                # One foreach kernel for the norm and one for the scaling; no CPU-GPU sync.
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip, foreach=foreach_clip)
             optimizer.step()
             update_ema(ema, model, ema_decay_at(step, tc.ema_decay))
             step += 1
