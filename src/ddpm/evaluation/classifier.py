@@ -19,15 +19,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from ddpm.config import _build
 from ddpm.data.datasets import ImageDataset
 from ddpm.errors import UserError
-from ddpm.training.checkpoint import atomic_write, write_text_atomic
+from ddpm.training.checkpoint import atomic_write, read_safetensors, write_text_atomic
 
 WEIGHTS = "classifier.safetensors"
 INFO = "classifier.json"
@@ -198,12 +197,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
         p = p / WEIGHTS
     if not p.is_file():
         raise UserError(f"classifier not found: {path} (train one with: ddpm train-classifier --data NAME --out PATH)")
-    try:
-        with safe_open(str(p), "pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(p))
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"cannot read classifier {p}: {e}") from None
+    tensors, meta = read_safetensors(p, "classifier")
     if meta.get("format") != FORMAT:
         raise UserError(f"{p} is not a ddpm classifier (format {meta.get('format')!r})")
     cfg = _build(ClassifierConfig, json.loads(meta["config"]), "classifier config")

@@ -90,13 +90,14 @@ def save_checkpoint(run_dir: Path, cfg: RunConfig, step: int, model, ema, optimi
     write_text_atomic(run_dir / CONFIG, cfg.to_json() + "\n")
 
 
-def _open(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: Path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a .safetensors file; an unreadable one is a UserError naming ``what``."""
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         return load_file(str(path)), meta
     except (SafetensorError, OSError) as e:
-        raise UserError(f"cannot read checkpoint {path}: {e}") from None
+        raise UserError(f"cannot read {what} {path}: {e}") from None
 
 
 def find_file(run: str | Path, name: str) -> Path:
@@ -113,7 +114,7 @@ def find_file(run: str | Path, name: str) -> Path:
 
 def load_training_state(run_dir: str | Path) -> dict[str, Any]:
     """Everything ``--resume`` needs: config, step, model/ema/optimizer state dicts, RNG states, extra state."""
-    tensors, meta = _open(find_file(run_dir, CHECKPOINT))
+    tensors, meta = read_safetensors(find_file(run_dir, CHECKPOINT))
     if meta.get("format") != FORMAT:
         raise UserError(f"{run_dir} is not a ddpm checkpoint (format {meta.get('format')!r})")
 
@@ -134,7 +135,7 @@ def load_training_state(run_dir: str | Path) -> dict[str, Any]:
 
 def load_ema(run: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], int]:
     """(config, EMA state dict, step) from a run folder or an ema.safetensors file."""
-    tensors, meta = _open(find_file(run, EMA))
+    tensors, meta = read_safetensors(find_file(run, EMA))
     if meta.get("format") != FORMAT or "config" not in meta:
         raise UserError(f"{run} is not a ddpm checkpoint")
     return RunConfig.from_dict(json.loads(meta["config"])), tensors, int(meta.get("step", 0))

@@ -20,8 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ddpm.config import DiffusionConfig, ModelConfig, _build, update
@@ -32,7 +31,7 @@ from ddpm.errors import UserError
 from ddpm.evaluation.classifier import FORMAT as CLEAN_FORMAT
 from ddpm.evaluation.classifier import INFO, WEIGHTS, split_indices
 from ddpm.models.classifier import NoisyClassifier
-from ddpm.training.checkpoint import atomic_write, write_text_atomic
+from ddpm.training.checkpoint import atomic_write, read_safetensors, write_text_atomic
 
 FORMAT = "ddpm-noisy-classifier-1"
 
@@ -169,12 +168,7 @@ def load_noisy_classifier(path: str | Path, device: str | torch.device = "cpu", 
         p = p / WEIGHTS
     if not p.is_file():
         raise UserError(f"classifier not found: {path} (train one with: ddpm train-classifier --noisy --out PATH)")
-    try:
-        with safe_open(str(p), "pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(p))
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"cannot read classifier {p}: {e}") from None
+    tensors, meta = read_safetensors(p, "classifier")
     if meta.get("format") == CLEAN_FORMAT:
         raise UserError(f"{p} is a clean-image classifier; guidance needs one trained on noisy images "
                         "(ddpm train-classifier --noisy)")
