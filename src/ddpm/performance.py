@@ -11,17 +11,20 @@ kind of device without changing what the model learns (``benchmarks/speed.py`` t
     Micikevicius et al. 2018; bfloat16 keeps float32's exponent range, so no loss scaling is needed).
     The network's output is cast back to float32, so losses and every sampler's arithmetic are float32.
     auto: bf16 where the hardware computes it natively (CPU with AVX512-BF16 or AMX, CUDA with compute
-    capability >= 8.0), else fp32. On the 2-core AMD EPYC (AVX512-BF16) a training step of the mnist
-    preset ran 1.55x and a sampling step 1.8x as fast as in fp32 (one thread, CPU time, interleaved).
+    capability >= 8.0), else fp32. On a 2-core AMD EPYC (AVX512-BF16) a training step ran 1.6x (mnist
+    preset) and 1.8x (cifar10) as fast as in fp32, a sampling step 1.6x and 1.75x (``benchmarks/speed.py
+    --clock cpu``: one thread's CPU time, interleaved rounds).
 ``memory_format``: ``"contiguous"`` | ``"channels_last"``
     auto: contiguous. On that CPU channels_last made a training step 0.87x (fp32) and 0.67x (bf16) as
     fast: PyTorch's channels_last GroupNorm kernels are many times slower than the contiguous ones there,
     and the convolutions gained nothing. CUDA: not measured here (``benchmarks/speed.py --ours-variants``).
 ``compile``: ``"none"`` | ``"default"`` | ``"reduce-overhead"`` | ``"max-autotune"`` (``torch.compile`` modes;
     ``"reduce-overhead"`` replays CUDA graphs)
-    auto: none on CPU, where inductor's code made a bf16 training step 0.81x-0.89x as fast after
-    2-3 minutes of compiling; on CUDA (with Triton installed) ``"default"`` for training and
-    ``"reduce-overhead"`` (CUDA graphs: one launch per network call) for sampling.
+    auto: none on CPU, where inductor's code made a bf16 training step of the mnist preset 0.81x-0.89x
+    as fast after 2-3 minutes of compiling, and a sampling step (with weight freezing) 1.11x as fast after
+    48 s of compiling, more than it saves on a 1000-step batch of 64; on CUDA (with Triton installed) ``"default"`` for
+    training and ``"reduce-overhead"`` (CUDA graphs: one launch per network call) for sampling. The CUDA
+    choices are not measured yet (``benchmarks/speed.py --device cuda --ours-variants ...``).
 ``adamw_impl``: ``"fused"`` | ``"foreach"`` | ``"for-loop"``
     auto: fused where PyTorch has a fused AdamW kernel (CPU, CUDA), foreach elsewhere. On the CPU the
     optimizer step with gradient clipping and the EMA update took 5.6 ms instead of 13 ms (mnist preset).

@@ -13,6 +13,9 @@ classifier-free guidance of strength ``--guidance W`` (Ho & Salimans 2022). ``--
 --classifier-scale S`` adds classifier guidance with a noisy classifier (``ddpm train-classifier
 --noisy``; Dhariwal & Nichol 2021, Algorithm 1 for ancestral sampling, 2 for the others), which also
 steers an unconditional run.
+
+``--precision``, ``--memory-format`` and ``--compile`` (default: the run's training settings, "auto" = the
+device's defaults: bf16 autocast where the hardware has it) set how the network runs (``ddpm.performance``).
 """
 
 from __future__ import annotations
