@@ -5,7 +5,7 @@ Trains the digits preset once per variant and seed, with everything equal but th
 ``bf16+channels_last``), samples each run with its own options, and scores the samples by classifier-FID
 (``ddpm.evaluation``: the Frechet distance between penultimate features of a small digit classifier for
 the samples and for all 1,797 real digits), KID and the share of confidently classified samples, as
-``benchmarks/digits_quality.py`` does. Each run is also sampled in fp32 (``fp32 sampling`` columns), which
+``benchmarks/quality.py`` does. Each run is also sampled in fp32 (``fp32 sampling`` columns), which
 separates what bf16 does to training from what it does to sampling.
 
 Read a difference against the seed-to-seed spread: run two or more ``--seeds`` per variant; an option

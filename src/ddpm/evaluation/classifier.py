@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +129,31 @@ def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batc
     return correct / len(labels)
 
 
+def fit(model: nn.Module, batch_loss: Callable[[torch.Tensor], torch.Tensor], num_train: int, *, epochs: int,
+        batch_size: int, lr: float, weight_decay: float, warmup: float, generator: torch.Generator,
+        desc: str, progress: bool = True) -> None:
+    """Train ``model`` for ``epochs`` passes over ``num_train`` examples in shuffled batches: AdamW with a
+    one-cycle learning rate (``warmup`` = share of the steps rising to ``lr``). ``batch_loss(idx)``
+    returns the mean loss of the examples at the CPU indices ``idx``; shuffling draws from ``generator``
+    before each epoch, then ``batch_loss`` may draw from it too. The loss shown syncs once per epoch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(num_train / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=warmup)
+    model.train()
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress)
+    for _ in bar:
+        perm = torch.randperm(num_train, generator=generator)
+        loss_sum = None
+        for idx in perm.split(batch_size):
+            loss = batch_loss(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        bar.set_postfix(loss=f"{loss_sum.item() / steps_per_epoch:.4f}")
+
 def train_classifier(data: ImageDataset, cfg: ClassifierTrainConfig | None = None, *,
                      generator: torch.Generator | None = None, progress: bool = True) -> tuple[Classifier, dict]:
     """Train a classifier on ``data`` with a held-out split; returns (model in eval mode, info).
@@ -149,23 +174,10 @@ def train_classifier(data: ImageDataset, cfg: ClassifierTrainConfig | None = Non
         # Initialisation and dropout draw from the global generator; seed it from ours, then restore it.
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
         model = Classifier(mcfg).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-        total = cfg.epochs * steps_per_epoch
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
-        model.train()
-        bar = tqdm(range(cfg.epochs), desc="training classifier", unit="epoch", disable=not progress)
-        for _ in bar:
-            perm = torch.randperm(len(train_idx), generator=gen).to(device)
-            loss_sum = torch.zeros((), device=device)
-            for idx in perm.split(cfg.batch_size):
-                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.detach()
-            bar.set_postfix(loss=f"{loss_sum.item() / steps_per_epoch:.4f}")  # CPU-GPU sync, once per epoch
+        fit(model, lambda idx: F.cross_entropy(model(x_train[idx.to(device)]), y_train[idx.to(device)]),
+            len(train_idx), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+            weight_decay=cfg.weight_decay, warmup=0.15, generator=gen, desc="training classifier",
+            progress=progress)
     model.eval()
     info = {
         "held_out_accuracy": accuracy(model, x_held, y_held),

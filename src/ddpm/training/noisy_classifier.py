@@ -13,7 +13,6 @@ in its metadata) plus a readable PATH/classifier.json. No pickle. The file names
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from ddpm.config import DiffusionConfig, ModelConfig, _build, update
 from ddpm.data.datasets import ImageDataset
@@ -29,7 +27,7 @@ from ddpm.diffusion.process import q_sample
 from ddpm.diffusion.schedule import make_schedule
 from ddpm.errors import UserError
 from ddpm.evaluation.classifier import FORMAT as CLEAN_FORMAT
-from ddpm.evaluation.classifier import INFO, WEIGHTS, split_indices
+from ddpm.evaluation.classifier import INFO, WEIGHTS, fit, split_indices
 from ddpm.models.classifier import NoisyClassifier
 from ddpm.training.checkpoint import atomic_write, read_safetensors, write_text_atomic
 
@@ -98,27 +96,16 @@ def train_noisy_classifier(data: ImageDataset, cfg: NoisyClassifierTrainConfig |
         # Initialisation and dropout draw from the global generator; seed it from ours, then restore it.
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
         model = NoisyClassifier(mcfg).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                    pct_start=0.1)
-        model.train()
-        bar = tqdm(range(cfg.epochs), desc="training noisy classifier", unit="epoch", disable=not progress)
-        for _ in bar:
-            perm = torch.randperm(len(train_idx), generator=gen)
-            loss_sum = torch.zeros((), device=device)
-            for idx in perm.split(cfg.batch_size):
-                t = torch.randint(0, T, (len(idx),), generator=gen)
-                noise = torch.randn((len(idx), *data.shape), generator=gen)
-                x0 = x_train[idx.to(device)]
-                x_t = q_sample(sched_dev, x0, t.to(device), noise.to(device))
-                loss = F.cross_entropy(model(x_t, t.to(device)), y_train[idx.to(device)])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.detach()
-            bar.set_postfix(loss=f"{loss_sum.item() / steps_per_epoch:.4f}")  # CPU-GPU sync, once per epoch
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+            t = torch.randint(0, T, (len(idx),), generator=gen)
+            noise = torch.randn((len(idx), *data.shape), generator=gen)
+            idx, t = idx.to(device), t.to(device)
+            return F.cross_entropy(model(q_sample(sched_dev, x_train[idx], t, noise.to(device)), t), y_train[idx])
+
+        fit(model, batch_loss, len(train_idx), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+            weight_decay=cfg.weight_decay, warmup=0.1, generator=gen, desc="training noisy classifier",
+            progress=progress)
     model.eval()
 
     # Held-out accuracy at uniform t (one draw per image) and at the quarters of t, from a fixed seed.

@@ -8,7 +8,7 @@ blurred). ``save_gif`` writes frames as an animated GIF, each with its caption.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -39,25 +39,23 @@ def resolve_steps(steps: Sequence[int], num_timesteps: int) -> list[int]:
     return out
 
 
-def parse_steps(text: str, what: str = "--t") -> list[int]:
-    """'0,5,10,999' -> [0, 5, 10, 999] with a one-line error for anything else."""
+def _parse_list(text: str, what: str, cast: Callable[[str], Any], kind: str) -> list:
     try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+        values = [cast(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise UserError(f"{what} takes comma-separated integers, got {text!r}") from None
+        raise UserError(f"{what} takes comma-separated {kind}, got {text!r}") from None
     if not values:
         raise UserError(f"{what} is empty")
     return values
+
+
+def parse_steps(text: str, what: str = "--t") -> list[int]:
+    """'0,5,10,999' -> [0, 5, 10, 999] with a one-line error for anything else."""
+    return _parse_list(text, what, int, "integers")
 
 
 def parse_floats(text: str, what: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise UserError(f"{what} takes comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise UserError(f"{what} is empty")
-    return values
+    return _parse_list(text, what, float, "numbers")
 
 
 def as_uint8_cells(x: torch.Tensor | np.ndarray) -> np.ndarray:

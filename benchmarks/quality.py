@@ -1,36 +1,45 @@
-"""Issue 2's quality table on the 8x8 digits: ours (``ddpm train`` defaults) beside lucidrains'
-denoising-diffusion-pytorch and diffusers, each trained for the same wall-clock time and sampled the
-same way (1,000 samples, the full 1,000-step ancestral sampler).
+"""The quality tables of issues 2, 3 and 4: ours (``ddpm train --data DATA`` with every default) beside
+lucidrains' denoising-diffusion-pytorch and diffusers, each trained for the same wall-clock time on the
+same machine and sampled the same way, in one table.
 
-(a) Ours: ``ddpm train --data digits`` with every default, in a subprocess, timed (or ``--ours RUN``).
+(a) Ours: ``ddpm train --data DATA`` with every default (the data set's preset), in a subprocess, timed
+    (or ``--ours RUN``).
 (b) lucidrains: ``Unet`` + ``GaussianDiffusion`` (pred_noise, linear betas 1e-4..0.02, T = 1000, the
-    same as ours; it samples with beta-tilde and clips x0), sized to ours' parameter count by default
-    (``--lucid-dim 32``: 0.83M parameters vs ours' 1.08M).
-(c) diffusers: ``UNet2DModel`` (two levels, attention at 4x4 like ours; ``--diffusers-channels 32,64``:
-    1.0M parameters) + ``DDPMScheduler`` (linear betas, 1000 steps, its default fixed_small variance
-    and x0 clipping), sampled by a DDPMPipeline-like loop over ``scheduler.step``.
-Both peers get our training recipe in a minimal loop of their own: the same digits tensor in [-1, 1],
-batch 128, AdamW at 1e-3 with 200 warm-up steps then cosine decay to 5% over the wall-clock budget,
-gradient clipping at 1, and an EMA of the weights (decay 0.999 with ours' warm-up) that samples. They
-train until ``--budget`` seconds have passed (default: ours' whole ``ddpm train`` wall time, which also
-includes its preview grids and checkpoints, so the peers get at least as much training time).
+    same as ours; it samples with beta-tilde and clips x0), at ours' depth (``--lucid-dim 32``).
+(c) diffusers: ``UNet2DModel`` (ours' levels, blocks per level and attention at the lowest resolution)
+    + ``DDPMScheduler`` (linear betas, 1000 steps, its default fixed_small variance and x0 clipping),
+    sampled by a DDPMPipeline-like loop over ``scheduler.step``; for DDIM, ``DDIMScheduler`` with
+    "trailing" spacing (so its first step sees pure noise) and eta = 0.
+Both peers get ours' training recipe, read from our run's config.json, in a minimal loop of their own:
+the same images in [-1, 1], ours' batch size, AdamW at ours' learning rate with ours' warm-up then
+cosine decay over the wall-clock budget, ours' gradient clipping, and an EMA of the weights (ours' decay
+and warm-up) that samples. They train until ``--budget`` seconds have passed (default: ours' whole
+``ddpm train`` wall time, which also includes its preview grids and checkpoints, so the peers get at
+least as much training time).
 
-Metrics (``ddpm.evaluation``): a small CNN digit classifier trained on the digits (its held-out accuracy
-is reported), the Frechet distance between its penultimate features of the samples and of all 1,797
-real digits, KID and k-NN precision/recall in the same features, the share of samples it labels with
-confidence above 0.9 and the normalized entropy of the predicted-class histogram. Issue 2's targets:
-ours' distance at most half the better peer's, at least 90% confident samples, class entropy >= 0.97.
+Sampling, the same for all three: ``--sampler ancestral`` (Algorithm 2, all 1,000 steps; the default on
+digits) or ``ddim`` with ``--steps K`` (eta = 0; the default on MNIST is 100 steps, since 1,000-step
+sampling of 1,000 28x28 images takes about an hour per model on 2 cores).
+
+Metrics (``ddpm.evaluation``): a small CNN classifier trained on the data set (its held-out accuracy is
+reported; cached as ``ddpm evaluate --features classifier`` caches it), the Frechet distance between its
+penultimate features of the samples and of all real images, KID and k-NN precision/recall in the same
+features, the share of samples it labels with confidence above 0.9 and the normalized entropy of the
+predicted-class histogram; "real" is the same for ``--n`` real images (the floor at that sample size).
+Issue 2's targets (digits): ours' distance at most half the better peer's, at least 90% confident
+samples, class entropy >= 0.97.
 
 Writes OUT/results.json, OUT/results.md, OUT/<model>.png (a grid of 100 samples) and
-OUT/<model>_samples.npz; our run is OUT/ours. The full run (about 10 minutes of training per model plus
-~30 minutes of sampling on a 2-core CPU; run it on a quiet machine):
+OUT/<model>_samples.npz; our run is OUT/ours. Full runs (run them on a quiet machine):
 
-    .venv/bin/python benchmarks/digits_quality.py --out bench_out/digits_quality
+    .venv/bin/python benchmarks/quality.py --data digits --out bench_out/quality_digits    # ~45 min
+    .venv/bin/python benchmarks/quality.py --data mnist --data-dir ../shared/data/mnist \
+        --out bench_out/quality_mnist                                                      # ~80 min
 
 Tiny smoke run (seconds; reuses a run and keeps its classifier out of the real cache):
 
-    DDPM_CACHE=/tmp/ddpm-cache .venv/bin/python benchmarks/digits_quality.py --ours RUN --budget 15 --n 32 \\
-        --out /tmp/digits_quality
+    DDPM_CACHE=/tmp/ddpm-cache .venv/bin/python benchmarks/quality.py --ours RUN --budget 15 --n 32 \
+        --out /tmp/quality
 """
 
 from __future__ import annotations
@@ -47,23 +56,36 @@ import torch
 import torch.nn.functional as F
 
 METRICS = ["fid", "kid", "precision_recall", "confidence"]
-BATCH_SIZE = 128  # ours' default (digits preset)
-LR, WARMUP, LR_MIN_RATIO, GRAD_CLIP, EMA_DECAY = 1e-3, 200, 0.05, 1.0, 0.999  # ours' digits recipe
+# Per data set: the peers' shapes at ours' preset (levels, attention at the lowest resolution) and the
+# default sampling. lucidrains downsamples between all its levels, diffusers in all blocks but the last.
+DATASETS = {
+    "digits": dict(lucid_mults=(1, 2), diffusers_channels=(32, 64), sampler="ancestral", steps=1000),
+    "mnist": dict(lucid_mults=(1, 2, 2), diffusers_channels=(32, 64, 64), sampler="ddim", steps=100),
+}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="digits", choices=sorted(DATASETS), help="(default: digits)")
+    p.add_argument("--data-dir", help="folder with the named set's original files (MNIST: the IDX files)")
     p.add_argument("--ours", help="reuse this trained run instead of training one")
     p.add_argument("--budget", type=float, help="training seconds per peer (default: ours' wall time)")
     p.add_argument("--n", type=int, default=1000, help="samples per model (default: 1000)")
+    p.add_argument("--sampler", choices=["ancestral", "ddim"], help="(default: per data set, see above)")
+    p.add_argument("--steps", type=int, help="DDIM steps (default: per data set)")
     p.add_argument("--sample-batch", type=int, default=500, help="samples per batch, all models")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (all models)")
     p.add_argument("--lucid-dim", type=int, default=32, help="lucidrains Unet base width (default: 32)")
-    p.add_argument("--diffusers-channels", default="32,64", help="UNet2DModel block_out_channels (default: 32,64)")
+    p.add_argument("--diffusers-channels", help="UNet2DModel block_out_channels (default: per data set)")
     p.add_argument("--models", default="ours,lucidrains,diffusers", help="which rows to produce")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="bench_out/digits_quality")
-    return p.parse_args(argv)
+    p.add_argument("--out", help="(default: bench_out/quality_DATA)")
+    args = p.parse_args(argv)
+    spec = DATASETS[args.data]
+    args.sampler = args.sampler or spec["sampler"]
+    args.steps = 1000 if args.sampler == "ancestral" else args.steps or spec["steps"]
+    args.out = args.out or f"bench_out/quality_{args.data}"
+    return args
 
 
 def count_params(m: torch.nn.Module) -> int:
@@ -89,7 +111,9 @@ def train_ours(args, out: Path, device) -> tuple[Path, float, dict]:
     run = out / "ours"
     if (run / "checkpoint.safetensors").exists():
         sys.exit(f"{run} already holds a run: pass --ours {run} to reuse it, or remove it")
-    cmd = [sys.executable, "-m", "ddpm.cli", "train", "--data", "digits", "--out", str(run), "--device", str(device)]
+    cmd = [sys.executable, "-m", "ddpm.cli", "train", "--data", args.data, "--out", str(run), "--device", str(device)]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
     print("training ours:", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -101,16 +125,18 @@ def train_ours(args, out: Path, device) -> tuple[Path, float, dict]:
 # --- the peers: a minimal training loop with our recipe, until the wall-clock budget --------------------
 
 
-def lr_at(step: int, elapsed_fraction: float) -> float:
+def lr_at(recipe, step: int, elapsed_fraction: float) -> float:
     """Ours' schedule with the cosine decay over wall-clock time, since the number of steps is not known."""
-    if step < WARMUP:
-        return LR * (step + 1) / WARMUP
-    floor = LR * LR_MIN_RATIO
-    return floor + (LR - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed_fraction)))
+    lr = recipe["lr"]
+    if step < recipe["warmup_steps"]:
+        return lr * (step + 1) / recipe["warmup_steps"]
+    floor = lr * recipe["lr_min_ratio"]
+    return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed_fraction)))
 
 
-def train_peer(name: str, model: torch.nn.Module, loss_fn, images: torch.Tensor, budget: float, seed: int):
-    """Train ``model`` (whose ``loss_fn(model, x0, gen)`` is the peer's own loss) for ``budget`` seconds."""
+def train_peer(name: str, model: torch.nn.Module, loss_fn, images: torch.Tensor, budget: float, seed: int, recipe):
+    """Train ``model`` (whose ``loss_fn(model, x0, gen)`` is the peer's own loss) for ``budget`` seconds
+    with ours' recipe (``recipe``: our run's ``train`` config)."""
     from tqdm.auto import tqdm
 
     from ddpm.training.ema import ema_decay_at, make_ema, update_ema
@@ -118,20 +144,21 @@ def train_peer(name: str, model: torch.nn.Module, loss_fn, images: torch.Tensor,
     torch.manual_seed(seed)  # lucidrains draws t and noise from the global generator
     gen = torch.Generator(images.device).manual_seed(seed)
     ema = make_ema(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"])
+    batch = recipe["batch_size"]
     model.train()
     step, t0 = 0, time.perf_counter()
     bar = tqdm(desc=f"training {name}", unit="step", total=None)
     while (elapsed := time.perf_counter() - t0) < budget:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, elapsed / budget)
-        idx = torch.randint(0, len(images), (BATCH_SIZE,), device=images.device, generator=gen)
+            group["lr"] = lr_at(recipe, step, elapsed / budget)
+        idx = torch.randint(0, len(images), (batch,), device=images.device, generator=gen)
         loss = loss_fn(model, images[idx], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
         opt.step()
-        update_ema(ema, model, ema_decay_at(step, EMA_DECAY))
+        update_ema(ema, model, ema_decay_at(step, recipe["ema_decay"]))
         step += 1
         bar.update(1)
         if step % 50 == 0:
@@ -140,16 +167,18 @@ def train_peer(name: str, model: torch.nn.Module, loss_fn, images: torch.Tensor,
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     bar.close()
-    return ema.eval(), {"steps": step, "train_wall_s": wall, "train_images_per_s": step * BATCH_SIZE / wall}
+    return ema.eval(), {"steps": step, "train_wall_s": wall, "train_images_per_s": step * batch / wall}
 
 
-def lucidrains_peer(args, device):
+def lucidrains_peer(args, device, shape, model_cfg):
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
 
-    unet = Unet(dim=args.lucid_dim, dim_mults=(1, 2), channels=1, flash_attn=False)
-    # auto_normalize=False: it takes and returns [-1, 1] like ours.
-    diffusion = GaussianDiffusion(unet, image_size=8, timesteps=1000, objective="pred_noise",
-                                  beta_schedule="linear", auto_normalize=False).to(device)
+    channels, height, width = shape
+    unet = Unet(dim=args.lucid_dim, dim_mults=DATASETS[args.data]["lucid_mults"], channels=channels, flash_attn=False)
+    # auto_normalize=False: it takes and returns [-1, 1] like ours. sampling_timesteps < T: its DDIM (eta 0).
+    diffusion = GaussianDiffusion(unet, image_size=(height, width), timesteps=1000, objective="pred_noise",
+                                  beta_schedule="linear", auto_normalize=False,
+                                  sampling_timesteps=args.steps).to(device)
 
     def loss_fn(model, x0, gen):
         return model(x0)  # its own Algorithm 1: t and noise from the global generator
@@ -161,14 +190,23 @@ def lucidrains_peer(args, device):
     return diffusion, count_params(unet), loss_fn, sample
 
 
-def diffusers_peer(args, device):
-    from diffusers import DDPMScheduler, UNet2DModel
+def diffusers_peer(args, device, shape, model_cfg):
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-    channels = tuple(int(c) for c in args.diffusers_channels.split(","))
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=channels,
-                       layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=min(32, channels[0])).to(device)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    channels = (tuple(int(c) for c in args.diffusers_channels.split(",")) if args.diffusers_channels
+                else DATASETS[args.data]["diffusers_channels"])
+    levels = len(channels)
+    unet = UNet2DModel(sample_size=shape[1:], in_channels=shape[0], out_channels=shape[0],
+                       block_out_channels=channels, layers_per_block=model_cfg["num_res_blocks"],
+                       down_block_types=("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",),
+                       up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+                       norm_num_groups=min(32, channels[0])).to(device)
+    betas = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    scheduler = DDPMScheduler(**betas)
+    if args.sampler == "ddim":
+        sampler, step_kwargs = DDIMScheduler(**betas, timestep_spacing="trailing"), {"eta": 0.0}
+    else:
+        sampler, step_kwargs = scheduler, {}
 
     def loss_fn(model, x0, gen):
         t = torch.randint(0, 1000, (x0.shape[0],), device=x0.device, generator=gen)
@@ -178,10 +216,10 @@ def diffusers_peer(args, device):
     @torch.no_grad()
     def sample(ema, n, seed):
         g = torch.Generator("cpu").manual_seed(seed)
-        x = torch.randn((n, 1, 8, 8), generator=g).to(device)
-        scheduler.set_timesteps(1000)
-        for t in scheduler.timesteps:
-            x = scheduler.step(ema(x, t).sample, t, x, generator=g).prev_sample
+        x = torch.randn((n, *shape), generator=g).to(device)
+        sampler.set_timesteps(args.steps)
+        for t in sampler.timesteps:
+            x = sampler.step(ema(x, t).sample, t, x, generator=g, **step_kwargs).prev_sample
         return x
 
     return unet, count_params(unet), loss_fn, sample
@@ -214,33 +252,44 @@ def score(name: str, images: torch.Tensor, extractor, ref, out: Path, seed: int,
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    from dataclasses import asdict
+
     from ddpm.api import load_run
-    from ddpm.data.datasets import load_digits
+    from ddpm.data.datasets import load_dataset
     from ddpm.evaluation.features import make_extractor
     from ddpm.evaluation.reference import cached_classifier, reference_stats
     from ddpm.evaluation.samples import generate_samples
+    from ddpm.presets import make_config, preset_for_data
     from ddpm.training.distributed import DistEnv, resolve_device
 
     device = resolve_device(args.device, DistEnv())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = [m.strip() for m in args.models.split(",")]
-    data = load_digits()
+    preset = make_config(preset_for_data(args.data))
+    data = load_dataset(args.data, args.data_dir, image_size=preset.model.image_size,
+                        channels=preset.model.in_channels)
     images = data.images.to(device)
+    sampling = "ancestral, 1000 steps" if args.sampler == "ancestral" else f"DDIM (eta 0), {args.steps} steps"
 
     classifier, clf_info, clf_path = cached_classifier(data, device=device)
     extractor = make_extractor("classifier", classifier=classifier, device=device)
     ref = reference_stats(data, extractor, device=device, progress=False)
-    print(f"digit classifier: held-out accuracy {clf_info['held_out_accuracy']:.4f} ({clf_path})", flush=True)
+    print(f"{args.data} classifier: held-out accuracy {clf_info['held_out_accuracy']:.4f} ({clf_path})", flush=True)
 
     rows: dict[str, dict] = {}
+    real = data.images[torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:args.n]]
+    rows["real"] = score("real", real, extractor, ref, out, args.seed, device)  # the floor at this sample size
     run_dir, wall, ours_info = train_ours(args, out, device) if "ours" in models or args.budget is None else (None, None, {})
     budget = args.budget or wall
+    recipe, model_cfg = asdict(preset.train), asdict(preset.model)
     if "ours" in models:
         run = load_run(run_dir, device)
         cfg = run.config
+        recipe, model_cfg = asdict(cfg.train), asdict(cfg.model)
+        sampler = {"sampler": args.sampler, "steps": None if args.sampler == "ancestral" else args.steps}
         x, s = timed_samples(lambda k, seed: generate_samples(run.model, cfg, k, seed=seed, batch_size=k, device=device,
-                                                              sampler="ancestral", progress=False),
+                                                              progress=False, **sampler),
                              args.n, args.sample_batch, args.seed, device)
         rows["ours"] = {"params": count_params(run.model), "steps": run.step, "train_wall_s": wall,
                         "train_images_per_s": run.step * cfg.train.batch_size / wall,
@@ -252,18 +301,18 @@ def main(argv=None) -> dict:
         if name not in models:
             continue
         torch.manual_seed(args.seed)
-        model, params, loss_fn, sample = make(args, device)
-        ema, info = train_peer(name, model, loss_fn, images, budget, args.seed)
+        model, params, loss_fn, sample = make(args, device, data.shape, model_cfg)
+        ema, info = train_peer(name, model, loss_fn, images, budget, args.seed, recipe)
         with torch.inference_mode():
             x, s = timed_samples(lambda k, seed: sample(ema, k, seed), args.n, args.sample_batch, args.seed, device)
         rows[name] = {"params": params, **info, "sample_images_per_s": args.n / s,
                       **score(name, x, extractor, ref, out, args.seed, device)}
         print(f"{name}:", rows[name], flush=True)
 
-    result = {"n": args.n, "budget_s": budget, "device": str(device), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "sampling": "ancestral, 1000 steps",
+    result = {"data": args.data, "n": args.n, "budget_s": budget, "device": str(device), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "sampling": sampling, "recipe": recipe,
               "classifier": {"held_out_accuracy": clf_info["held_out_accuracy"], "path": str(clf_path)},
-              "rows": rows, "targets": targets(rows)}
+              "rows": rows, "targets": targets(rows) if args.data == "digits" else {}}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(to_markdown(result))
     print(to_markdown(result))
@@ -275,7 +324,7 @@ def targets(rows: dict) -> dict:
     if "ours" not in rows:
         return {}
     ours = rows["ours"]
-    peers = [r["fid"] for k, r in rows.items() if k != "ours"]
+    peers = [r["fid"] for k, r in rows.items() if k not in ("ours", "real")]
     t = {"confident_share >= 0.9": ours["confident_share"] >= 0.9, "class_entropy >= 0.97": ours["class_entropy"] >= 0.97}
     if peers:
         t["fid <= 0.5 x best peer"] = ours["fid"] <= 0.5 * min(peers)
@@ -285,13 +334,15 @@ def targets(rows: dict) -> dict:
 def to_markdown(r: dict) -> str:
     head = ("| model | params | train steps | train img/s | sample img/s | classifier FD | KID | precision | recall "
             "| % confident | class entropy |")
-    lines = [f"# Digits quality: {r['n']} samples each, {r['sampling']}, {r['budget_s']:.0f} s training budget, "
+    lines = [f"# {r['data']} quality: {r['n']} samples each, {r['sampling']}, {r['budget_s']:.0f} s training budget, "
              f"{r['device']} ({r['threads']} threads)", "",
-             f"Digit classifier held-out accuracy: {r['classifier']['held_out_accuracy']:.4f}", "", head,
+             f"Classifier held-out accuracy: {r['classifier']['held_out_accuracy']:.4f}", "", head,
              "|" + "---|" * (head.count("|") - 1)]
     for name, row in r["rows"].items():
-        lines.append(f"| {name} | {row['params'] / 1e6:.2f}M | {row['steps']} | {row['train_images_per_s']:.0f} "
-                     f"| {row['sample_images_per_s']:.2f} | {row['fid']:.3f} | {row['kid_mean']:.4f} "
+        cost = ("| - | - | - | - " if name == "real" else
+                f"| {row['params'] / 1e6:.2f}M | {row['steps']} | {row['train_images_per_s']:.0f} "
+                f"| {row['sample_images_per_s']:.2f} ")
+        lines.append(f"| {name} {cost}| {row['fid']:.3f} | {row['kid_mean']:.4f} "
                      f"| {row['precision']:.3f} | {row['recall']:.3f} | {100 * row['confident_share']:.1f} "
                      f"| {row['class_entropy']:.4f} |")
     if r["targets"]:

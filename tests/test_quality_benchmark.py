@@ -1,0 +1,78 @@
+"""benchmarks/quality.py (the quality tables of issues 2-4): the whole benchmark on a tiny run, and the
+peers built at every data set's shape train and sample there (those need the `bench` extra)."""
+
+import argparse
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from tests.conftest import REPO, tiny_config
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch):
+    from ddpm.training.loop import train
+
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    return train(tiny_config(), tmp_path / "run", progress=False)
+
+
+def test_ours_row_and_real_floor_on_a_tiny_run(tiny_run, tmp_path):
+    q = load_benchmark()
+    out = tmp_path / "bench"
+    result = q.main(["--models", "ours", "--ours", str(tiny_run), "--n", "16", "--out", str(out)])
+    rows = result["rows"]
+    assert set(rows) == {"real", "ours"}
+    # n real digits against all 1,797: a small distance; 20-step samples of a 4-step model: a larger one.
+    assert 0 <= rows["real"]["fid"] < rows["ours"]["fid"]
+    assert rows["ours"]["steps"] == 4 and rows["ours"]["sample_images_per_s"] > 0
+    assert set(result["targets"]) == {"confident_share >= 0.9", "class_entropy >= 0.97"}  # no peer row: no ratio
+    assert json.loads((out / "results.json").read_text())["rows"]["ours"]["fid"] == rows["ours"]["fid"]
+    assert "| ours |" in (out / "results.md").read_text() and (out / "ours.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("data,shape", [("digits", (1, 8, 8)), ("mnist", (1, 28, 28))])
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+def test_peers_train_and_sample_at_the_data_sets_shape(data, shape, sampler):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("denoising_diffusion_pytorch")
+    from dataclasses import asdict
+
+    from ddpm.presets import make_config, preset_for_data
+
+    q = load_benchmark()
+    args = q.parse_args(["--data", data, "--sampler", sampler, "--steps", "3"])
+    preset = make_config(preset_for_data(data))
+    x0 = torch.rand(4, *shape) * 2 - 1
+    for make in (q.lucidrains_peer, q.diffusers_peer):
+        torch.manual_seed(0)
+        model, params, loss_fn, sample = make(args, torch.device("cpu"), shape, asdict(preset.model))
+        assert params > 0
+        loss = loss_fn(model, x0, torch.Generator().manual_seed(0))
+        loss.backward()
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        if sampler == "ddim":  # 3 steps: seconds (ancestral sampling always takes all 1,000)
+            with torch.inference_mode():
+                x = sample(model.eval(), 2, seed=0)
+            assert x.shape == (2, *shape) and x.abs().max() <= 1 + 1e-5
+
+
+@pytest.mark.slow
+def test_whole_benchmark_with_peers_on_a_tiny_run(tiny_run, tmp_path):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("denoising_diffusion_pytorch")
+    q = load_benchmark()
+    result = q.main(["--ours", str(tiny_run), "--budget", "2", "--n", "8", "--sampler", "ddim", "--steps", "4",
+                     "--out", str(tmp_path / "bench")])
+    assert set(result["rows"]) == {"real", "ours", "lucidrains", "diffusers"}
+    assert all(r["steps"] > 0 for k, r in result["rows"].items() if k != "real")
+    assert "fid <= 0.5 x best peer" in result["targets"]
