@@ -10,12 +10,16 @@ same machine and sampled the same way, in one table.
     + ``DDPMScheduler`` (linear betas, 1000 steps, its default fixed_small variance and x0 clipping),
     sampled by a DDPMPipeline-like loop over ``scheduler.step``; for DDIM, ``DDIMScheduler`` with
     "trailing" spacing (so its first step sees pure noise) and eta = 0.
-Both peers get ours' training recipe, read from our run's config.json, in a minimal loop of their own:
-the same images in [-1, 1], ours' batch size, AdamW at ours' learning rate with ours' warm-up then
-cosine decay over the wall-clock budget, ours' gradient clipping, and an EMA of the weights (ours' decay
-and warm-up) that samples. They train until ``--budget`` seconds have passed (default: ours' whole
-``ddpm train`` wall time, which also includes its preview grids and checkpoints, so the peers get at
-least as much training time).
+Each peer trains twice, in a minimal loop of the benchmark's own, on the same images:
+- with ours' recipe (rows ``lucidrains``, ``diffusers``), read from our run's config.json: ours' batch
+  size, AdamW at ours' learning rate with ours' warm-up then cosine decay over the wall-clock budget,
+  ours' gradient clipping, and an EMA of the weights (ours' decay and warm-up) that samples; this
+  compares the networks and libraries alone;
+- with its own defaults (rows ``lucidrains-own``, ``diffusers-own``): what a user of that library gets
+  out of the box, as ours is ``ddpm train`` with its defaults (lucidrains: its GaussianDiffusion and
+  Trainer defaults; diffusers: the recipe of its train_unconditional.py example; see the functions).
+All train until ``--budget`` seconds have passed (default: ours' whole ``ddpm train`` wall time, which
+also includes its preview grids and checkpoints, so the peers get at least as much training time).
 
 Sampling, the same for all three: ``--sampler ancestral`` (Algorithm 2, all 1,000 steps; the default on
 digits) or ``ddim`` with ``--steps K`` (eta = 0; the default on MNIST is 100 steps, since 1,000-step
@@ -77,7 +81,11 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (all models)")
     p.add_argument("--lucid-dim", type=int, default=32, help="lucidrains Unet base width (default: 32)")
     p.add_argument("--diffusers-channels", help="UNet2DModel block_out_channels (default: per data set)")
-    p.add_argument("--models", default="ours,lucidrains,diffusers", help="which rows to produce")
+    p.add_argument("--models", default="ours,lucidrains,diffusers,lucidrains-own,diffusers-own",
+                   help="rows to produce: ours, and each peer with ours' recipe (lucidrains, diffusers) or its own "
+                   "defaults (lucidrains-own, diffusers-own)")
+    p.add_argument("--reuse", help="an earlier results.json of the same --ours run, budget, n and sampler whose "
+                   "rows join this table (so the table grows without retraining)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="(default: bench_out/quality_DATA)")
     args = p.parse_args(argv)
@@ -134,31 +142,50 @@ def lr_at(recipe, step: int, elapsed_fraction: float) -> float:
     return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed_fraction)))
 
 
-def train_peer(name: str, model: torch.nn.Module, loss_fn, images: torch.Tensor, budget: float, seed: int, recipe):
-    """Train ``model`` (whose ``loss_fn(model, x0, gen)`` is the peer's own loss) for ``budget`` seconds
-    with ours' recipe (``recipe``: our run's ``train`` config)."""
-    from tqdm.auto import tqdm
+class Recipe:
+    """How a peer trains: batch size, optimizer, learning rate as a function of (step, elapsed share of the
+    budget) or None for a constant one, gradient clipping, and the EMA (``ema_update(step)`` after each
+    step; ``ema_model()`` is what samples)."""
 
+    def __init__(self, batch_size, optimizer, lr_fn, grad_clip, ema_update, ema_model):
+        self.batch_size, self.optimizer, self.lr_fn, self.grad_clip = batch_size, optimizer, lr_fn, grad_clip
+        self.ema_update, self.ema_model = ema_update, ema_model
+
+
+def ours_recipe(model: torch.nn.Module, cfg: dict) -> Recipe:
+    """Ours' recipe (``cfg``: our run's ``train`` config): AdamW, warm-up then cosine decay over the
+    wall-clock budget, our gradient clipping and EMA (decay and warm-up)."""
     from ddpm.training.ema import ema_decay_at, make_ema, update_ema
+
+    ema = make_ema(model)
+    return Recipe(cfg["batch_size"], torch.optim.AdamW(model.parameters(), lr=cfg["lr"]),
+                  lambda step, frac: lr_at(cfg, step, frac), cfg["grad_clip"],
+                  lambda step: update_ema(ema, model, ema_decay_at(step, cfg["ema_decay"])), lambda: ema.eval())
+
+
+def train_peer(name: str, model: torch.nn.Module, loss_fn, images: torch.Tensor, budget: float, seed: int,
+               recipe: Recipe):
+    """Train ``model`` (whose ``loss_fn(model, x0, gen)`` is the peer's own loss) for ``budget`` seconds
+    by ``recipe``; returns (the EMA model, info)."""
+    from tqdm.auto import tqdm
 
     torch.manual_seed(seed)  # lucidrains draws t and noise from the global generator
     gen = torch.Generator(images.device).manual_seed(seed)
-    ema = make_ema(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"])
-    batch = recipe["batch_size"]
+    opt, batch = recipe.optimizer, recipe.batch_size
     model.train()
     step, t0 = 0, time.perf_counter()
     bar = tqdm(desc=f"training {name}", unit="step", total=None)
     while (elapsed := time.perf_counter() - t0) < budget:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(recipe, step, elapsed / budget)
+        if recipe.lr_fn is not None:
+            for group in opt.param_groups:
+                group["lr"] = recipe.lr_fn(step, elapsed / budget)
         idx = torch.randint(0, len(images), (batch,), device=images.device, generator=gen)
         loss = loss_fn(model, images[idx], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         opt.step()
-        update_ema(ema, model, ema_decay_at(step, recipe["ema_decay"]))
+        recipe.ema_update(step)
         step += 1
         bar.update(1)
         if step % 50 == 0:
@@ -167,30 +194,51 @@ def train_peer(name: str, model: torch.nn.Module, loss_fn, images: torch.Tensor,
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     bar.close()
-    return ema.eval(), {"steps": step, "train_wall_s": wall, "train_images_per_s": step * batch / wall}
+    return recipe.ema_model(), {"steps": step, "train_wall_s": wall, "train_images_per_s": step * batch / wall,
+                                "batch_size": batch}
 
 
-def lucidrains_peer(args, device, shape, model_cfg):
+def lucidrains_peer(args, device, shape, model_cfg, own: bool = False):
+    """With ``own``, its own defaults instead of ours' settings: GaussianDiffusion's v-prediction and
+    sigmoid schedule on [0, 1] images (auto_normalize), and its Trainer's recipe: batch 16, Adam at 1e-4
+    with betas (0.9, 0.99), no learning-rate schedule, gradient clipping at 1, EMA 0.995 every 10 steps."""
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
 
     channels, height, width = shape
     unet = Unet(dim=args.lucid_dim, dim_mults=DATASETS[args.data]["lucid_mults"], channels=channels, flash_attn=False)
-    # auto_normalize=False: it takes and returns [-1, 1] like ours. sampling_timesteps < T: its DDIM (eta 0).
-    diffusion = GaussianDiffusion(unet, image_size=(height, width), timesteps=1000, objective="pred_noise",
-                                  beta_schedule="linear", auto_normalize=False,
-                                  sampling_timesteps=args.steps).to(device)
+    # sampling_timesteps < T: its DDIM (eta 0).
+    if own:
+        diffusion = GaussianDiffusion(unet, image_size=(height, width), timesteps=1000,
+                                      sampling_timesteps=args.steps).to(device)
+    else:  # auto_normalize=False: it takes and returns [-1, 1] like ours.
+        diffusion = GaussianDiffusion(unet, image_size=(height, width), timesteps=1000, objective="pred_noise",
+                                      beta_schedule="linear", auto_normalize=False,
+                                      sampling_timesteps=args.steps).to(device)
+    scale = (lambda x: (x + 1) / 2) if own else (lambda x: x)
 
     def loss_fn(model, x0, gen):
-        return model(x0)  # its own Algorithm 1: t and noise from the global generator
+        return model(scale(x0))  # its own Algorithm 1: t and noise from the global generator
 
     def sample(ema, n, seed):
         torch.manual_seed(seed)  # its sampler draws from the global generator
-        return ema.sample(batch_size=n)
+        x = ema.sample(batch_size=n)
+        return x * 2 - 1 if own else x
 
-    return diffusion, count_params(unet), loss_fn, sample
+    def own_recipe(model):
+        from ema_pytorch import EMA
+
+        ema = EMA(model, beta=0.995, update_every=10)
+        return Recipe(16, torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99)), None, 1.0,
+                      lambda step: ema.update(), lambda: ema.ema_model.eval())
+
+    return diffusion, count_params(unet), loss_fn, sample, own_recipe
 
 
-def diffusers_peer(args, device, shape, model_cfg):
+def diffusers_peer(args, device, shape, model_cfg, own: bool = False):
+    """With ``own``, the recipe of diffusers' unconditional training example (train_unconditional.py):
+    batch 16, AdamW at 1e-4 with betas (0.95, 0.999), weight decay 1e-6, 500 warm-up steps then cosine
+    decay (here over the wall-clock budget), gradient clipping at 1, EMAModel with warm-up (inv_gamma 1,
+    power 3/4, max decay 0.9999); its DDPMScheduler defaults are already ours (linear betas, epsilon)."""
     from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
     channels = (tuple(int(c) for c in args.diffusers_channels.split(",")) if args.diffusers_channels
@@ -222,7 +270,30 @@ def diffusers_peer(args, device, shape, model_cfg):
             x = sampler.step(ema(x, t).sample, t, x, generator=g, **step_kwargs).prev_sample
         return x
 
-    return unet, count_params(unet), loss_fn, sample
+    def own_recipe(model):
+        import copy
+
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+
+        def lr_fn(step, frac):
+            return 1e-4 * (step + 1) / 500 if step < 500 else 1e-4 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+        def ema_model():
+            averaged = copy.deepcopy(model)
+            ema.copy_to(averaged.parameters())
+            return averaged.eval()
+
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+        return Recipe(16, opt, lr_fn, 1.0, lambda step: ema.step(model.parameters()), ema_model)
+
+    return unet, count_params(unet), loss_fn, sample, own_recipe
+
+
+# Rows: name -> (factory, trained with the peer's own defaults rather than ours' recipe)
+PEERS = {"lucidrains": (lucidrains_peer, False), "diffusers": (diffusers_peer, False),
+         "lucidrains-own": (lucidrains_peer, True), "diffusers-own": (diffusers_peer, True)}
 
 
 # --- evaluation -------------------------------------------------------------------------------------------
@@ -282,11 +353,11 @@ def main(argv=None) -> dict:
     rows["real"] = score("real", real, extractor, ref, out, args.seed, device)  # the floor at this sample size
     run_dir, wall, ours_info = train_ours(args, out, device) if "ours" in models or args.budget is None else (None, None, {})
     budget = args.budget or wall
-    recipe, model_cfg = asdict(preset.train), asdict(preset.model)
+    train_cfg, model_cfg = asdict(preset.train), asdict(preset.model)
     if "ours" in models:
         run = load_run(run_dir, device)
         cfg = run.config
-        recipe, model_cfg = asdict(cfg.train), asdict(cfg.model)
+        train_cfg, model_cfg = asdict(cfg.train), asdict(cfg.model)
         sampler = {"sampler": args.sampler, "steps": None if args.sampler == "ancestral" else args.steps}
         x, s = timed_samples(lambda k, seed: generate_samples(run.model, cfg, k, seed=seed, batch_size=k, device=device,
                                                               progress=False, **sampler),
@@ -297,20 +368,29 @@ def main(argv=None) -> dict:
                         **score("ours", x, extractor, ref, out, args.seed, device)}
         print("ours:", rows["ours"], flush=True)
 
-    for name, make in (("lucidrains", lucidrains_peer), ("diffusers", diffusers_peer)):
+    for name, (make, own) in PEERS.items():
         if name not in models:
             continue
         torch.manual_seed(args.seed)
-        model, params, loss_fn, sample = make(args, device, data.shape, model_cfg)
+        model, params, loss_fn, sample, own_recipe = make(args, device, data.shape, model_cfg, own=own)
+        recipe = own_recipe(model) if own else ours_recipe(model, train_cfg)
         ema, info = train_peer(name, model, loss_fn, images, budget, args.seed, recipe)
         with torch.inference_mode():
             x, s = timed_samples(lambda k, seed: sample(ema, k, seed), args.n, args.sample_batch, args.seed, device)
-        rows[name] = {"params": params, **info, "sample_images_per_s": args.n / s,
-                      **score(name, x, extractor, ref, out, args.seed, device)}
+        rows[name] = {"params": params, **info, "recipe": "own defaults" if own else "ours",
+                      "sample_images_per_s": args.n / s, **score(name, x, extractor, ref, out, args.seed, device)}
         print(f"{name}:", rows[name], flush=True)
+    if args.reuse:
+        earlier = json.loads(Path(args.reuse).read_text())
+        if abs(earlier["budget_s"] - budget) > 1 or earlier["n"] != args.n or earlier["sampling"] != sampling:
+            sys.exit(f"{args.reuse}: another budget, sample count or sampler; its rows cannot join this table")
+        for name, row in earlier["rows"].items():
+            rows.setdefault(name, {**row, "reused_from": args.reuse})
 
+    order = ["real", "ours", *PEERS]
+    rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     result = {"data": args.data, "n": args.n, "budget_s": budget, "device": str(device), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "sampling": sampling, "recipe": recipe,
+              "threads": torch.get_num_threads(), "sampling": sampling, "recipe": train_cfg,
               "classifier": {"held_out_accuracy": clf_info["held_out_accuracy"], "path": str(clf_path)},
               "rows": rows, "targets": targets(rows) if args.data == "digits" else {}}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -320,29 +400,32 @@ def main(argv=None) -> dict:
 
 
 def targets(rows: dict) -> dict:
-    """Issue 2: ours' distance <= half the better peer's, >= 90% confident, class entropy >= 0.97."""
+    """Issue 2: ours' distance <= half the better peer's (separately against the peers trained with ours'
+    recipe and with their own defaults), >= 90% confident samples, class entropy >= 0.97."""
     if "ours" not in rows:
         return {}
     ours = rows["ours"]
-    peers = [r["fid"] for k, r in rows.items() if k not in ("ours", "real")]
     t = {"confident_share >= 0.9": ours["confident_share"] >= 0.9, "class_entropy >= 0.97": ours["class_entropy"] >= 0.97}
-    if peers:
-        t["fid <= 0.5 x best peer"] = ours["fid"] <= 0.5 * min(peers)
+    for label, own in (("ours' recipe", False), ("their own defaults", True)):
+        peers = [r["fid"] for k, r in rows.items() if k in PEERS and PEERS[k][1] == own]
+        if peers:
+            t[f"fid <= 0.5 x best peer ({label})"] = ours["fid"] <= 0.5 * min(peers)
     return t
 
 
 def to_markdown(r: dict) -> str:
-    head = ("| model | params | train steps | train img/s | sample img/s | classifier FD | KID | precision | recall "
-            "| % confident | class entropy |")
+    head = ("| model | recipe | params | train steps | train img/s | sample img/s | classifier FD | KID | precision "
+            "| recall | % confident | class entropy |")
     lines = [f"# {r['data']} quality: {r['n']} samples each, {r['sampling']}, {r['budget_s']:.0f} s training budget, "
              f"{r['device']} ({r['threads']} threads)", "",
              f"Classifier held-out accuracy: {r['classifier']['held_out_accuracy']:.4f}", "", head,
              "|" + "---|" * (head.count("|") - 1)]
     for name, row in r["rows"].items():
+        recipe = "-" if name == "real" else row.get("recipe", "ours") + (" (reused)" if "reused_from" in row else "")
         cost = ("| - | - | - | - " if name == "real" else
                 f"| {row['params'] / 1e6:.2f}M | {row['steps']} | {row['train_images_per_s']:.0f} "
                 f"| {row['sample_images_per_s']:.2f} ")
-        lines.append(f"| {name} {cost}| {row['fid']:.3f} | {row['kid_mean']:.4f} "
+        lines.append(f"| {name} | {recipe} {cost}| {row['fid']:.3f} | {row['kid_mean']:.4f} "
                      f"| {row['precision']:.3f} | {row['recall']:.3f} | {100 * row['confident_share']:.1f} "
                      f"| {row['class_entropy']:.4f} |")
     if r["targets"]:
