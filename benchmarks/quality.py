@@ -299,10 +299,15 @@ PEERS = {"lucidrains": (lucidrains_peer, False), "diffusers": (diffusers_peer, F
 # --- evaluation -------------------------------------------------------------------------------------------
 
 
-def timed_samples(sample_batch, n: int, batch: int, seed: int, device) -> tuple[torch.Tensor, float]:
+def timed_samples(name: str, sample_batch, n: int, batch: int, seed: int, device) -> tuple[torch.Tensor, float]:
+    """``n`` samples from ``sample_batch(count, seed)`` in batches, with a progress bar; (images, seconds)."""
+    from tqdm.auto import tqdm
+
     out, t0 = [], time.perf_counter()
-    for start in range(0, n, batch):
-        out.append(sample_batch(min(batch, n - start), seed + start).float().cpu())
+    with tqdm(total=n, desc=f"sampling {name}", unit="img") as bar:
+        for start in range(0, n, batch):
+            out.append(sample_batch(min(batch, n - start), seed + start).float().cpu())
+            bar.update(len(out[-1]))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return torch.cat(out).clamp(-1, 1), time.perf_counter() - t0
@@ -359,9 +364,12 @@ def main(argv=None) -> dict:
         cfg = run.config
         train_cfg, model_cfg = asdict(cfg.train), asdict(cfg.model)
         sampler = {"sampler": args.sampler, "steps": None if args.sampler == "ancestral" else args.steps}
-        x, s = timed_samples(lambda k, seed: generate_samples(run.model, cfg, k, seed=seed, batch_size=k, device=device,
-                                                              progress=False, **sampler),
-                             args.n, args.sample_batch, args.seed, device)
+
+        def ours_batch(k, seed):
+            return generate_samples(run.model, cfg, k, seed=seed, batch_size=k, device=device, progress=False,
+                                    **sampler)
+
+        x, s = timed_samples("ours", ours_batch, args.n, args.sample_batch, args.seed, device)
         rows["ours"] = {"params": count_params(run.model), "steps": run.step, "train_wall_s": wall,
                         "train_images_per_s": run.step * cfg.train.batch_size / wall,
                         "sample_images_per_s": args.n / s, "run": str(run_dir), **ours_info,
@@ -376,7 +384,7 @@ def main(argv=None) -> dict:
         recipe = own_recipe(model) if own else ours_recipe(model, train_cfg)
         ema, info = train_peer(name, model, loss_fn, images, budget, args.seed, recipe)
         with torch.inference_mode():
-            x, s = timed_samples(lambda k, seed: sample(ema, k, seed), args.n, args.sample_batch, args.seed, device)
+            x, s = timed_samples(name, lambda k, seed: sample(ema, k, seed), args.n, args.sample_batch, args.seed, device)
         rows[name] = {"params": params, **info, "recipe": "own defaults" if own else "ours",
                       "sample_images_per_s": args.n / s, **score(name, x, extractor, ref, out, args.seed, device)}
         print(f"{name}:", rows[name], flush=True)

@@ -17,7 +17,7 @@ PRESETS: dict[str, dict] = {
         train=dict(data="digits", steps=2500, batch_size=128, lr=1e-3, ema_decay=0.999,
                    num_sample_images=36),
     ),
-    # 28x28 MNIST / Fashion-MNIST, sized to train on a 2-core CPU in well under an hour (about 20
+    # 28x28 MNIST / Fashion-MNIST, sized to train on a 2-core CPU in well under an hour (about 22
     # minutes on the development machine; benchmarks/quality.py --data mnist measures it).
     "mnist": dict(
         model=dict(image_size=(28, 28), in_channels=1, base_channels=32, channel_mult=(1, 2, 2),

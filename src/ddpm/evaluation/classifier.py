@@ -144,15 +144,16 @@ def fit(model: nn.Module, batch_loss: Callable[[torch.Tensor], torch.Tensor], nu
     bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress)
     for _ in bar:
         perm = torch.randperm(num_train, generator=generator)
-        loss_sum = None
+        loss_sum = torch.zeros((), device=next(model.parameters()).device)
         for idx in perm.split(batch_size):
             loss = batch_loss(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            loss_sum += loss.detach()
         bar.set_postfix(loss=f"{loss_sum.item() / steps_per_epoch:.4f}")
+
 
 def train_classifier(data: ImageDataset, cfg: ClassifierTrainConfig | None = None, *,
                      generator: torch.Generator | None = None, progress: bool = True) -> tuple[Classifier, dict]:
