@@ -60,21 +60,20 @@ DIFFUSERS_VARIANTS = ("ddim", "ddim-trailing", "dpm++2m", "dpm++2m-lu")
 # --- the metric: ddpm.evaluation's classifier features and Frechet distance -----------------------------
 
 
-def make_classifier_extractor(args, data, device):
-    """The data set's own classifier: --classifier, else ddpm.evaluation's cached one (trained once)."""
+def classifier_metric(args, data, device):
+    """(extractor, reference statistics) of the data set's own classifier: --classifier, else
+    ddpm.evaluation's cached one (trained once)."""
     from ddpm.evaluation.classifier import ClassifierTrainConfig
     from ddpm.evaluation.features import make_extractor
-    from ddpm.evaluation.reference import cached_classifier
+    from ddpm.evaluation.reference import classifier_reference, reference_stats
 
     if args.classifier:
-        return make_extractor("classifier", classifier=args.classifier, device=device)
+        extractor = make_extractor("classifier", classifier=args.classifier, device=device)
+        return extractor, reference_stats(data, extractor, device=device, batch_size=args.batch_size)
     cfg = ClassifierTrainConfig(device=str(device))
     if args.classifier_epochs:
         cfg.epochs = args.classifier_epochs
-    model, _, folder = cached_classifier(data, cfg=cfg, device=device)
-    extractor = make_extractor("classifier", classifier=model, device=device)
-    extractor.info["path"] = str(folder)
-    return extractor
+    return classifier_reference(data, cfg=cfg, device=device, batch_size=args.batch_size)
 
 
 def fid_of(images: torch.Tensor, extractor, ref, args, device) -> float:
@@ -165,7 +164,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from ddpm.evaluation.reference import reference_stats
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,8 +171,7 @@ def main(argv=None) -> dict:
     run = load_run(args.checkpoint, device)
     T = run.schedule.num_timesteps
     data = load_dataset(args.data or run.config.train.data, args.data_dir or run.config.train.data_dir)
-    extractor = make_classifier_extractor(args, data, device)
-    ref = reference_stats(data, extractor, device=device, batch_size=args.batch_size)
+    extractor, ref = classifier_metric(args, data, device)
     g = torch.Generator().manual_seed(args.seed)
     real_idx = (torch.randint(0, len(data), (args.n,), generator=g) if args.n > len(data)
                 else torch.randperm(len(data), generator=g)[: args.n])

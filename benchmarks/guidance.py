@@ -130,9 +130,9 @@ def noisy_classifier(args, data, run, out: Path, device):
 def main(argv=None) -> dict:
     from ddpm.data.datasets import load_dataset
     from ddpm.evaluation.classifier import ClassifierTrainConfig
-    from ddpm.evaluation.features import ClassifierExtractor, extract
+    from ddpm.evaluation.features import extract
     from ddpm.evaluation.metrics import frechet_distance
-    from ddpm.evaluation.reference import cached_classifier, reference_stats
+    from ddpm.evaluation.reference import classifier_reference
     from ddpm.evaluation.samples import generate_samples
     from ddpm.training.distributed import DistEnv, resolve_device
     from ddpm.viz.figures import parse_floats
@@ -162,9 +162,7 @@ def main(argv=None) -> dict:
     guide_clf, guide_info = noisy_classifier(args, data, run, out, device)
 
     eval_cfg = ClassifierTrainConfig(**({"epochs": args.eval_classifier_epochs} if args.eval_classifier_epochs else {}))
-    eval_clf, eval_info, _ = cached_classifier(data, cfg=eval_cfg, device=device)
-    extractor = ClassifierExtractor(eval_clf, eval_info)
-    ref = reference_stats(data, extractor, device=device)
+    extractor, ref = classifier_reference(data, cfg=eval_cfg, device=device)
     labels = torch.arange(K).repeat_interleave(n)
 
     def evaluate(name: str, model, cfg, *, conditional: bool, **options) -> dict:
@@ -201,7 +199,7 @@ def main(argv=None) -> dict:
         "unconditional": uncond_name,
         "guidance_classifier": {k: guide_info.get(k) for k in ("held_out_accuracy", "held_out_accuracy_by_quarter",
                                                                "held_out_accuracy_t0", "train_seconds")},
-        "eval_classifier_held_out_accuracy": eval_info.get("held_out_accuracy"),
+        "eval_classifier_held_out_accuracy": extractor.info.get("held_out_accuracy"),
         "fid_real_floor": frechet_distance(ref.fid, extract(extractor, real, device=device, progress=False)[0]),
         "rows": rows,
     }

@@ -126,8 +126,7 @@ def fid(images: torch.Tensor, extractor, ref, args, device) -> float:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from ddpm.evaluation.classifier import ClassifierTrainConfig
-    from ddpm.evaluation.features import make_extractor
-    from ddpm.evaluation.reference import cached_classifier, reference_stats
+    from ddpm.evaluation.reference import classifier_reference
     from ddpm.evaluation.samples import generate_samples
 
     out = Path(args.out)
@@ -177,10 +176,8 @@ def main(argv=None) -> dict:
 
     # --- classifier-FID of respaced sampling -------------------------------------------------------------
     ccfg = ClassifierTrainConfig(epochs=args.classifier_epochs, device=str(device), seed=args.seed)
-    classifier, info, _ = cached_classifier(data, cfg=ccfg, device=device)
-    extractor = make_extractor("classifier", classifier=classifier, device=device)
-    ref = reference_stats(data, extractor, device=device, batch_size=args.batch_size)
-    results["classifier_held_out_accuracy"] = info.get("held_out_accuracy")
+    extractor, ref = classifier_reference(data, cfg=ccfg, device=device, batch_size=args.batch_size)
+    results["classifier_held_out_accuracy"] = extractor.info.get("held_out_accuracy")
     g = torch.Generator().manual_seed(args.seed)
     real = data.images[torch.randint(0, len(data), (args.n_fid,), generator=g)]
     results["fid_real_data_floor"] = fid(real, extractor, ref, args, device)

@@ -332,8 +332,7 @@ def main(argv=None) -> dict:
 
     from ddpm.api import load_run
     from ddpm.data.datasets import load_dataset
-    from ddpm.evaluation.features import make_extractor
-    from ddpm.evaluation.reference import cached_classifier, reference_stats
+    from ddpm.evaluation.reference import classifier_reference
     from ddpm.evaluation.samples import generate_samples
     from ddpm.presets import make_config, preset_for_data
     from ddpm.training.distributed import DistEnv, resolve_device
@@ -348,10 +347,10 @@ def main(argv=None) -> dict:
     images = data.images.to(device)
     sampling = "ancestral, 1000 steps" if args.sampler == "ancestral" else f"DDIM (eta 0), {args.steps} steps"
 
-    classifier, clf_info, clf_path = cached_classifier(data, device=device)
-    extractor = make_extractor("classifier", classifier=classifier, device=device)
-    ref = reference_stats(data, extractor, device=device, progress=False)
-    print(f"{args.data} classifier: held-out accuracy {clf_info['held_out_accuracy']:.4f} ({clf_path})", flush=True)
+    extractor, ref = classifier_reference(data, device=device, progress=False)
+    clf_info = extractor.info
+    print(f"{args.data} classifier: held-out accuracy {clf_info['held_out_accuracy']:.4f} ({clf_info['path']})",
+          flush=True)
 
     rows: dict[str, dict] = {}
     real = data.images[torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:args.n]]
@@ -399,7 +398,7 @@ def main(argv=None) -> dict:
     rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     result = {"data": args.data, "n": args.n, "budget_s": budget, "device": str(device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "sampling": sampling, "recipe": train_cfg,
-              "classifier": {"held_out_accuracy": clf_info["held_out_accuracy"], "path": str(clf_path)},
+              "classifier": {"held_out_accuracy": clf_info["held_out_accuracy"], "path": clf_info["path"]},
               "rows": rows, "targets": targets(rows) if args.data == "digits" else {}}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(to_markdown(result))

@@ -58,8 +58,8 @@ def main(argv=None) -> dict:
     from ddpm.api import load_run
     from ddpm.data.datasets import load_digits
     from ddpm.evaluation.classifier import ClassifierTrainConfig
-    from ddpm.evaluation.features import extract, make_extractor
-    from ddpm.evaluation.reference import cached_classifier, reference_stats
+    from ddpm.evaluation.features import extract
+    from ddpm.evaluation.reference import classifier_reference
     from ddpm.evaluation.report import compute_metrics
     from ddpm.evaluation.samples import generate_samples
     from ddpm.performance import resolve_precision
@@ -72,9 +72,8 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = load_digits()
     clf_cfg = ClassifierTrainConfig(**({} if args.classifier_epochs is None else {"epochs": args.classifier_epochs}))
-    classifier, clf_info, _ = cached_classifier(data, cfg=clf_cfg, device=device)
-    extractor = make_extractor("classifier", classifier=classifier, device=device)
-    ref = reference_stats(data, extractor, device=device, progress=False)
+    extractor, ref = classifier_reference(data, cfg=clf_cfg, device=device, progress=False)
+    clf_info = extractor.info
 
     def score(images: torch.Tensor) -> dict:
         feats, logits = extract(extractor, images, progress=False)

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from ddpm.api import load_run
     from ddpm.data.datasets import load_dataset
     from ddpm.evaluation.features import extract, make_extractor
-    from ddpm.evaluation.reference import cached_classifier, reference_stats
+    from ddpm.evaluation.reference import classifier_reference, reference_stats
     from ddpm.evaluation.report import SAMPLE_METRICS, check_sample_count, compute_metrics, format_table, parse_metrics
     from ddpm.evaluation.samples import generate_samples, load_samples
     from ddpm.training.distributed import DistEnv, resolve_device
@@ -121,14 +121,15 @@ def run(args: argparse.Namespace) -> int:
         features_name = args.features or ("inception" if reference.shape[0] == 3 and min(reference.shape[1:]) >= 32
                                           else "classifier")
         if features_name == "classifier" and not args.classifier:
-            model, info, folder = cached_classifier(reference, progress=progress, device=device)
-            extractor = make_extractor("classifier", classifier=model, device=device)
-            extractor.info.update(info, path=str(folder))
+            t0 = time.perf_counter()
+            extractor, stats = classifier_reference(reference, device=device, batch_size=args.batch_size,
+                                                    progress=progress)
         else:
             extractor = make_extractor(features_name, classifier=args.classifier,
                                        inception_weights=args.inception_weights, device=device)
-        t0 = time.perf_counter()
-        stats = reference_stats(reference, extractor, device=device, batch_size=args.batch_size, progress=progress)
+            t0 = time.perf_counter()
+            stats = reference_stats(reference, extractor, device=device, batch_size=args.batch_size,
+                                    progress=progress)
         report["seconds"]["reference_features"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
-"""``ddpm sample``: draw images from a trained run by Algorithm 2, DDIM or DPM-Solver++(2M).
+"""``ddpm sample``: draw images from a trained run by Algorithm 2, DDIM or DPM-Solver++(2M) (ODE or SDE).
 
-``--sampler ddim|dpm++2m --steps K`` makes K network calls instead of T (the grid starts at T-1 and
+``--sampler ddim|dpm++2m|dpm++2m-sde --steps K`` makes K network calls instead of T (the grid starts at T-1 and
 ends at 0 whatever K is; ``--grid`` spaces it evenly in t, quadratically, or evenly in log-SNR).
 
 Writes DIR/grid.png, one PNG per sample (DIR/sample_00000.png ...) and DIR/samples.npz holding one
@@ -39,8 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--classifier-scale", type=float, metavar="S", help="classifier guidance scale s")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i (default: 0)")
     p.add_argument("--variance", choices=["beta", "beta_tilde"], help="sigma_t^2 (default: the run's)")
-    p.add_argument("--sampler", choices=["ancestral", "ddim", "dpm++2m"], default="ancestral",
-                   help="ancestral (Algorithm 2, default), ddim (Song et al. 2021) or dpm++2m (Lu et al. 2022)")
+    p.add_argument("--sampler", choices=["ancestral", "ddim", "dpm++2m", "dpm++2m-sde"], default="ancestral",
+                   help="ancestral (Algorithm 2, default), ddim (Song et al. 2021), dpm++2m or its stochastic "
+                   "form dpm++2m-sde (Lu et al. 2022; best at 10-50 --steps on small models)")
     p.add_argument("--steps", type=positive_int("--steps"), help="network calls per image (default: all T)")
     p.add_argument("--eta", type=float, help="DDIM only: 0 deterministic (default), 1 = Algorithm 2 with beta-tilde")
     p.add_argument("--grid", choices=["even", "quadratic", "logsnr"],

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file, safe_open
 
 from ddpm.data.datasets import ImageDataset
 from ddpm.evaluation.classifier import Classifier, ClassifierTrainConfig, load_classifier, save_classifier, train_classifier
-from ddpm.evaluation.features import FeatureExtractor, extract
+from ddpm.evaluation.features import ClassifierExtractor, FeatureExtractor, extract
 from ddpm.evaluation.metrics import FidReference
 from ddpm.training.checkpoint import atomic_write
 
@@ -97,3 +97,14 @@ def cached_classifier(data: ImageDataset, *, cfg: ClassifierTrainConfig | None =
     model, info = train_classifier(data, cfg, progress=progress)
     save_classifier(model, folder, info)
     return model.to(device), info, folder
+
+
+def classifier_reference(data: ImageDataset, *, cfg: ClassifierTrainConfig | None = None, device="cpu",
+                         batch_size: int = 256, progress: bool = True) -> tuple[ClassifierExtractor, ReferenceStats]:
+    """The data set's cached classifier as a feature extractor, and the reference statistics through it.
+
+    This is the default metric of ``ddpm evaluate`` and of every benchmark; the extractor's ``info`` holds
+    the classifier's training record (``held_out_accuracy``, ...) and its cache ``path``."""
+    model, info, folder = cached_classifier(data, cfg=cfg, progress=progress, device=device)
+    extractor = ClassifierExtractor(model, info, str(folder)).to(device)
+    return extractor, reference_stats(data, extractor, device=device, batch_size=batch_size, progress=progress)
