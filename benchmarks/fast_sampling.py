@@ -1,5 +1,6 @@
-"""Classifier-FID against network evaluations for ancestral sampling, DDIM and DPM-Solver++(2M) (issue 6),
-with diffusers' DDIMScheduler and DPMSolverMultistepScheduler driving the same trained model.
+"""Classifier-FID against network evaluations for ancestral sampling, DDIM and DPM-Solver++(2M), as ODE
+and SDE solver (issue 6), with diffusers' DDIMScheduler and DPMSolverMultistepScheduler driving the same
+trained model.
 
 For every sampler and every number of network evaluations (NFE: 10, 20, 50, 100, 1000 by default) it
 draws ``--n`` images from the same starting noise (image i from seed SEED + i), embeds them with a
@@ -10,12 +11,16 @@ per entry of ``scheduler.timesteps``, with their own 0-based timesteps passed st
 (the same convention as ours: ``alphas_cumprod[t]``, t in 0..T-1), their betas set to ours and their
 ``prediction_type`` set to the run's. diffusers variants: ``ddim`` (their default "leading" spacing,
 which never calls the network at t = T-1: diffusers #2585), ``ddim-trailing`` (their fix),
-``dpm++2m`` (their defaults: uniform t, lower-order final, last step to sigma = 0) and ``dpm++2m-lu``
-(uniform log-SNR, like ``--samplers dpm++2m:logsnr``). Their DDIM clips x0 as the run does
-(``clip_sample``); their DPM-Solver++ has no plain clipping, ours clips x0 when the run does.
+``dpm++2m`` (their defaults: uniform t, lower-order final, last step to sigma = 0), ``dpm++2m-lu``
+(uniform log-SNR, like ``--samplers dpm++2m:logsnr``) and ``dpm++2m-sde`` (``algorithm_type=
+"sde-dpmsolver++"``, like ``--samplers dpm++2m-sde``; its noise is drawn from the same per-image seeds).
+Their DDIM clips x0 as the run does (``clip_sample``) but keeps the network's eps in the step, while ours
+makes eps consistent with the clipped x0 (as openai/guided-diffusion does); their DPM-Solver++ has no
+plain clipping, ours clips x0 when the run does.
 
 Writes OUT/results.json (every row: sampler, NFE, FID, seconds), OUT/results.md (a table, plus the
-issue's targets: DPM-Solver++ at 20 NFE within 10% of 1000-step ancestral, at 10 within 25%) and
+issue's targets: DPM-Solver++, each form, at 20 NFE within 10% of 1000-step ancestral, at 10 within 25%;
+each of ours at least as good as diffusers' best variant of the same method at every NFE) and
 OUT/fid_vs_nfe.png. The reference statistics are those of every image of the data set; a line "real
 data" is the FID of n real images (drawn with replacement when n exceeds the set) against them: the
 floor that n samples can reach. FID with few samples is biased upwards; compare rows of one run only.
@@ -54,7 +59,9 @@ from ddpm.sampling import DEFAULT_GRIDS, SAMPLERS
 from ddpm.sampling.noise import randn, seed_generators
 from ddpm.training.distributed import DistEnv, resolve_device
 
-DIFFUSERS_VARIANTS = ("ddim", "ddim-trailing", "dpm++2m", "dpm++2m-lu")
+# diffusers variant -> the method (our sampler's name) it is compared with
+DIFFUSERS_VARIANTS = {"ddim": "ddim", "ddim-trailing": "ddim", "dpm++2m": "dpm++2m", "dpm++2m-lu": "dpm++2m",
+                      "dpm++2m-sde": "dpm++2m-sde"}
 
 
 # --- the metric: ddpm.evaluation's classifier features and Frechet distance -----------------------------
@@ -76,12 +83,13 @@ def classifier_metric(args, data, device):
     return classifier_reference(data, cfg=cfg, device=device, batch_size=args.batch_size)
 
 
-def fid_of(images: torch.Tensor, extractor, ref, args, device) -> float:
+def fid_of(images: torch.Tensor, extractor, ref, args, device) -> tuple[float, float]:
+    """(FID, its bootstrap standard error over the draw of the images)."""
     from ddpm.evaluation.features import extract
-    from ddpm.evaluation.metrics import frechet_distance
+    from ddpm.evaluation.metrics import frechet_distance, frechet_distance_se
 
     feats, _ = extract(extractor, images.clamp(-1, 1), batch_size=args.batch_size, device=device, progress=False)
-    return frechet_distance(ref.fid, feats)
+    return frechet_distance(ref.fid, feats), frechet_distance_se(ref.fid, feats, seed=args.seed)
 
 
 # --- the samplers -------------------------------------------------------------------------------------
@@ -111,13 +119,16 @@ def make_scheduler(run, variant: str):
     if variant == "dpm++2m-lu":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
                                            use_lu_lambdas=True)
+    if variant == "dpm++2m-sde":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="sde-dpmsolver++", solver_order=2)
     raise UserError(f"unknown diffusers variant {variant!r}; choose from {', '.join(DIFFUSERS_VARIANTS)}")
 
 
 @torch.no_grad()
 def theirs(run, variant: str, nfe: int, args, device) -> tuple[torch.Tensor, list[int]]:
     """diffusers' own loop (set_timesteps, then model(x, t) and step per timestep) around our U-Net;
-    image i starts from the x_T of seed SEED + i, as ours do."""
+    image i starts from the x_T of seed SEED + i, as ours do, and draws its step noise from that seed's
+    generator after x_T, as ours do."""
     cfg = run.config
     out, calls = [], []
     for start in range(0, args.n, args.batch_size):
@@ -130,7 +141,8 @@ def theirs(run, variant: str, nfe: int, args, device) -> tuple[torch.Tensor, lis
         for t in scheduler.timesteps:
             tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
             model_out = run.model(scheduler.scale_model_input(x, t), tt)
-            x = scheduler.step(model_out[:, : cfg.model.in_channels], t, x).prev_sample  # mean channels only
+            noise = {"variance_noise": randn(shape, gens, device)} if variant.endswith("-sde") else {}
+            x = scheduler.step(model_out[:, : cfg.model.in_channels], t, x, **noise).prev_sample  # mean channels
             calls.append(int(t))
         out.append(x.float().cpu())
     return torch.cat(out), calls
@@ -146,7 +158,8 @@ def parse_args(argv=None):
     p.add_argument("--data-dir")
     p.add_argument("--n", type=int, default=2000, help="samples per (sampler, NFE) (default: 2000)")
     p.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100, 1000])
-    p.add_argument("--samplers", nargs="+", default=["ancestral", "ddim", "dpm++2m", "dpm++2m:logsnr"],
+    p.add_argument("--samplers", nargs="+",
+                   default=["ancestral", "ddim", "dpm++2m", "dpm++2m:logsnr", "dpm++2m-sde", "dpm++2m-sde:logsnr"],
                    help="ours, as NAME or NAME:GRID (e.g. dpm++2m:even)")
     p.add_argument("--diffusers", nargs="*", default=list(DIFFUSERS_VARIANTS),
                    help=f"diffusers variants ({', '.join(DIFFUSERS_VARIANTS)}); none with an empty list")
@@ -175,7 +188,7 @@ def main(argv=None) -> dict:
     g = torch.Generator().manual_seed(args.seed)
     real_idx = (torch.randint(0, len(data), (args.n,), generator=g) if args.n > len(data)
                 else torch.randperm(len(data), generator=g)[: args.n])
-    floor = fid_of(data.images[real_idx], extractor, ref, args, device)
+    floor, _ = fid_of(data.images[real_idx], extractor, ref, args, device)
 
     nfes = sorted({k for k in args.nfe if 1 <= k <= T})
     if set(args.nfe) - set(nfes):
@@ -189,6 +202,7 @@ def main(argv=None) -> dict:
     for variant in args.diffusers:
         make_scheduler(run, variant)  # fail early on a bad name or a missing diffusers
         jobs.append(("diffusers", variant, None, f"diffusers {variant}"))
+    families = {label: DIFFUSERS_VARIANTS[name] if kind == "diffusers" else name for kind, name, _, label in jobs}
 
     rows = []
     bar = tqdm(total=len(jobs) * len(nfes), desc="fast sampling benchmark")
@@ -199,7 +213,7 @@ def main(argv=None) -> dict:
                 bar.update(1)
                 continue
             t0 = time.perf_counter()
-            row = {"sampler": label, "kind": kind, "nfe": nfe}
+            row = {"sampler": label, "kind": kind, "method": families[label], "nfe": nfe}
             if kind == "ours":
                 x = ours(run, name, grid, nfe, args, device)
             else:
@@ -212,7 +226,7 @@ def main(argv=None) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             row["seconds"] = time.perf_counter() - t0
-            row["fid"] = None if x is None else fid_of(x, extractor, ref, args, device)
+            row["fid"], row["fid_se"] = (None, None) if x is None else fid_of(x, extractor, ref, args, device)
             rows.append(row)
             bar.update(1)
             bar.set_postfix(sampler=label, nfe=nfe, fid="error" if x is None else f"{row['fid']:.3f}")
@@ -229,26 +243,31 @@ def main(argv=None) -> dict:
 
 
 def targets(rows) -> dict:
-    """Issue 6: DPM-Solver++ at 20 NFE within 10% of the 1000-step (here: most-step) ancestral FID, at 10
-    within 25%; and ours at least as good as the best diffusers variant of the same method at each NFE."""
+    """Issue 6: DPM-Solver++ (ODE and SDE form, each on its first grid) at 20 NFE within 10% of the
+    1000-step (here: most-step) ancestral FID, at 10 within 25%; and each of ours at least as good as the
+    best diffusers variant of the same method at each NFE."""
     fid = {(r["sampler"], r["nfe"]): r["fid"] for r in rows if r["fid"] is not None}
     ours_rows = [r for r in rows if r["kind"] == "ours" and r["fid"] is not None]
+    first = {}  # method -> our first row label of it (its first grid)
+    for r in ours_rows:
+        first.setdefault(r["method"], r["sampler"])
     out = {}
-    anc = [r for r in ours_rows if r["sampler"].startswith("ancestral")]
-    dpm = next((r["sampler"] for r in ours_rows if r["sampler"].startswith("dpm++2m")), None)
-    if anc and dpm:
+    anc = [r for r in ours_rows if r["method"] == "ancestral"]
+    for method in ("dpm++2m", "dpm++2m-sde"):
+        dpm = first.get(method)
+        if not (anc and dpm):
+            continue
         base = max(anc, key=lambda r: r["nfe"])
         for nfe, tol in ((20, 0.10), (10, 0.25)):
             if (dpm, nfe) in fid:
                 out[f"{dpm} @ {nfe} NFE within {tol:.0%} of ancestral @ {base['nfe']}"] = {
                     "fid": fid[(dpm, nfe)], "reference": base["fid"], "ratio": fid[(dpm, nfe)] / base["fid"],
                     "met": fid[(dpm, nfe)] <= (1 + tol) * base["fid"]}
-    for family in ("ddim", "dpm++2m"):
-        mine = next((r["sampler"] for r in ours_rows if r["sampler"].startswith(family + " ")), None)
+    for method, mine in first.items():
         for nfe in sorted({r["nfe"] for r in rows}):
-            peers = [r for r in rows if r["kind"] == "diffusers" and r["nfe"] == nfe and r["fid"] is not None
-                     and r["sampler"].removeprefix("diffusers ").startswith(family)]
-            if mine and (mine, nfe) in fid and peers:
+            peers = [r for r in rows if r["kind"] == "diffusers" and r["method"] == method and r["nfe"] == nfe
+                     and r["fid"] is not None]
+            if (mine, nfe) in fid and peers:
                 best = min(peers, key=lambda r: r["fid"])
                 out[f"{mine} @ {nfe} NFE at least as good as {best['sampler']}"] = {
                     "fid": fid[(mine, nfe)], "reference": best["fid"], "ratio": fid[(mine, nfe)] / best["fid"],
@@ -263,11 +282,12 @@ def markdown(result) -> str:
     by = {(r["sampler"], r["nfe"]): r for r in rows}
 
     def cell(r):
-        return "error" if r["fid"] is None else f"{r['fid']:.3f} ({r['seconds']:.0f} s)"
+        return "error" if r["fid"] is None else f"{r['fid']:.3f} ± {r['fid_se']:.3f} ({r['seconds']:.0f} s)"
 
     lines = [f"# Classifier-FID vs network evaluations: {result['data']}, {result['n']} samples, "
              f"T = {result['timesteps']}, {result['device']}", "",
              f"Real data ({result['n']} images vs {result['ref_n']}): FID {result['real_data_fid']:.3f}", "",
+             "Each cell: FID ± its bootstrap standard error over the draw of the samples (time to sample).", "",
              "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
              "|---|" + "---:|" * len(nfes)]
     for s in samplers:

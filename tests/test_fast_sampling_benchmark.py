@@ -52,9 +52,35 @@ def test_diffusers_schedulers_on_our_wrapper_converge_to_the_exact_ode_map():
             errs.append((x - exact).abs().max().item())
         assert errs[1] < errs[0] / 8, (variant, errs)  # first order at least: 20x the steps
         assert errs[1] < 0.05, (variant, errs)
+    # Their SDE solver samples the data distribution instead: moments of 4096 x 4 draws (s.e. ~0.003).
+    args = argparse.Namespace(n=4096, batch_size=4096, seed=0)
+    x, calls = fs.theirs(run, "dpm++2m-sde", 200, args, "cpu")
+    assert len(calls) == 200 and abs(x.mean().item() - mu) < 0.02 and abs(x.var().item() - s2) < 0.02
+    args = argparse.Namespace(n=64, batch_size=64, seed=0)
     # diffusers' default DDIM spacing never calls the network at T-1 (diffusers #2585); "trailing" does.
     assert fs.theirs(run, "ddim", 10, args, "cpu")[1][0] == 900
     assert fs.theirs(run, "ddim-trailing", 10, args, "cpu")[1][0] == 999
+
+
+def test_targets_compare_each_method_with_the_same_method_of_diffusers():
+    fs = load_benchmark()
+
+    def row(sampler, kind, method, nfe, fid):
+        return {"sampler": sampler, "kind": kind, "method": method, "nfe": nfe, "fid": fid}
+
+    rows = [row("ancestral (even)", "ours", "ancestral", 1000, 1.0),
+            row("dpm++2m (even)", "ours", "dpm++2m", 20, 1.2), row("dpm++2m (logsnr)", "ours", "dpm++2m", 20, 0.5),
+            row("dpm++2m-sde (even)", "ours", "dpm++2m-sde", 20, 1.05),
+            row("diffusers dpm++2m", "diffusers", "dpm++2m", 20, 1.3),
+            row("diffusers dpm++2m-lu", "diffusers", "dpm++2m", 20, 1.1),
+            row("diffusers dpm++2m-sde", "diffusers", "dpm++2m-sde", 20, 1.0)]
+    t = fs.targets(rows)
+    assert t["dpm++2m (even) @ 20 NFE within 10% of ancestral @ 1000"]["met"] is False  # 1.2 > 1.1
+    assert t["dpm++2m-sde (even) @ 20 NFE within 10% of ancestral @ 1000"]["met"] is True
+    # the ODE solver is held against the better ODE variant of diffusers only, the SDE one against the SDE
+    assert t["dpm++2m (even) @ 20 NFE at least as good as diffusers dpm++2m-lu"]["met"] is False
+    assert t["dpm++2m-sde (even) @ 20 NFE at least as good as diffusers dpm++2m-sde"]["met"] is False
+    assert len(t) == 4
 
 
 @pytest.mark.slow
@@ -66,11 +92,12 @@ def test_benchmark_runs_on_a_tiny_run(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     fs = load_benchmark()
     result = fs.main(["--checkpoint", str(run), "--n", "32", "--nfe", "4", "8", "1000", "--classifier-epochs", "1",
-                      "--samplers", "ancestral", "ddim", "dpm++2m", "--diffusers", "ddim", "dpm++2m",
+                      "--samplers", "ancestral", "ddim", "dpm++2m-sde", "--diffusers", "ddim", "dpm++2m-sde",
                       "--out", str(out)])
     rows = result["rows"]
     assert {(r["sampler"], r["nfe"]) for r in rows} == {
-        (s, k) for s in ("ancestral (even)", "ddim (even)", "dpm++2m (even)", "diffusers ddim", "diffusers dpm++2m")
+        (s, k) for s in ("ancestral (even)", "ddim (even)", "dpm++2m-sde (even)", "diffusers ddim",
+                         "diffusers dpm++2m-sde")
         for k in (4, 8)}  # NFE 1000 > T = 20 is skipped
     assert all(r["fid"] is not None and r["fid"] >= 0 for r in rows)
     assert all(r["network_calls"] == r["nfe"] for r in rows if r["kind"] == "diffusers")

@@ -95,6 +95,21 @@ def frechet_distance(real: torch.Tensor | FidReference, fake: torch.Tensor) -> f
     return float(metric.compute())
 
 
+def frechet_distance_se(real: torch.Tensor | FidReference, fake: torch.Tensor, *, resamples: int = 20,
+                        seed: int = 0) -> float:
+    """Bootstrap standard error of ``frechet_distance(real, fake)`` over the draw of ``fake``: the spread
+    of the distance over ``resamples`` resamplings of the fake features with replacement.
+
+    It measures how much the score of N samples moves with the samples drawn, which dominates small-N
+    comparisons: with a classifier's features the mean term follows the class mix of the samples. On
+    the digits model of benchmarks/quality.py, six sets of 1,000 samples from one sampler scored between
+    0.27 and 0.81."""
+    g = torch.Generator().manual_seed(seed)
+    n = fake.shape[0]
+    values = [frechet_distance(real, fake[torch.randint(0, n, (n,), generator=g)]) for _ in range(resamples)]
+    return float(torch.tensor(values, dtype=torch.float64).std())
+
+
 def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, *, subsets: int = 100,
                               subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     """(mean, std) over random subsets of the unbiased MMD^2 with the cubic polynomial kernel

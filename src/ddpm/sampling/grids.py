@@ -1,7 +1,13 @@
 """Timestep grids for samplers: always descending, always starting at the last training step.
 
 Starting at ``T-1`` (0-based) means the first network call sees pure noise, the convention whose
-absence was diffusers #2585. Every grid ends at ``0``.
+absence was diffusers #2585. Every grid but ``trailing`` ends at ``0``.
+
+The last call of every sampler returns x0_hat, the jump to the data. On a grid that ends at 0 that call
+happens where x is nearly clean already (sigma_0 = 0.01 for the linear schedule), so it is spent on a
+step that changes little; ``trailing`` (diffusers' name, from Lin et al. 2024, "Common Diffusion Noise
+Schedules and Sample Steps Are Flawed", Table 2) instead spaces K points by T / K from T-1 down to
+T / K - 1 and jumps to the data from there: 999, 899, ..., 99 for K = 10. With K = T both are the full grid.
 """
 
 from __future__ import annotations
@@ -16,14 +22,14 @@ if TYPE_CHECKING:
     from ddpm.diffusion.schedule import Schedule
 
 
-GRIDS = ("even", "quadratic", "logsnr")
+GRIDS = ("even", "trailing", "quadratic", "logsnr")
 
 
 def timestep_grid(num_timesteps: int, steps: int | None = None, kind: str = "even", *,
                   schedule: Schedule | None = None) -> list[int]:
     """``steps`` 0-based timesteps from T-1 down to 0 (all T when ``steps`` is None).
 
-    ``kind="even"`` spaces them evenly; ``"quadratic"`` packs them near t = 0 (Song et al. 2021, DDIM);
+    ``kind="even"`` spaces them evenly; ``"trailing"`` by T / steps, down to T / steps - 1; ``"quadratic"`` packs them near t = 0 (Song et al. 2021, DDIM);
     ``"logsnr"`` spaces them evenly in log-SNR lambda_t = log(alpha_t / sigma_t) (Lu et al. 2022,
     DPM-Solver §3.3 "uniform logSNR"), each point rounded to the training step of nearest lambda, and
     needs the ``schedule``.
@@ -36,6 +42,8 @@ def timestep_grid(num_timesteps: int, steps: int | None = None, kind: str = "eve
         return [num_timesteps - 1]
     if kind == "even":
         grid = np.linspace(0, num_timesteps - 1, steps)
+    elif kind == "trailing":
+        grid = num_timesteps - np.arange(steps) * (num_timesteps / steps) - 1
     elif kind == "quadratic":
         grid = np.linspace(0, np.sqrt(num_timesteps - 1), steps) ** 2
     elif kind == "logsnr":
