@@ -432,7 +432,8 @@ def to_markdown(r: dict) -> str:
         cost = ("| - | - | - | - " if name == "real" else
                 f"| {row['params'] / 1e6:.2f}M | {row['steps']} | {row['train_images_per_s']:.0f} "
                 f"| {row['sample_images_per_s']:.2f} ")
-        lines.append(f"| {name} | {recipe} {cost}| {row['fid']:.3f} | {row['kid_mean']:.4f} "
+        fd = f"{row['fid']:.3f}" + (f" ± {row['fid_se']:.3f}" if row.get("fid_se") is not None else "")
+        lines.append(f"| {name} | {recipe} {cost}| {fd} | {row['kid_mean']:.4f} "
                      f"| {row['precision']:.3f} | {row['recall']:.3f} | {100 * row['confident_share']:.1f} "
                      f"| {row['class_entropy']:.4f} |")
     if r["targets"]:

@@ -242,7 +242,7 @@ def test_evaluate_cli_checkpoint_and_samples(eval_cache, tiny_run, tmp_path, cap
                "--device", "cpu"])
     assert rc == 0
     report = json.loads(out.read_text())
-    for key in ("fid", "kid_mean", "precision", "recall", "is_mean", "confident_share", "class_entropy"):
+    for key in ("fid", "fid_se", "kid_mean", "precision", "recall", "is_mean", "confident_share", "class_entropy"):
         assert math.isfinite(report["metrics"][key])
     assert report["n"] == 12 and report["source"]["steps"] == 20
     assert report["features"]["held_out_accuracy"] == eval_cache[1]["held_out_accuracy"]

@@ -201,6 +201,13 @@ def test_inversion_walks_the_same_grid_upwards(toy):
     assert seen == grid[::-1] and seen[-1] == 999 and seen[0] == 0
 
 
+def test_trailing_grid_starts_at_T_minus_1_and_steps_by_T_over_K():
+    assert timestep_grid(1000, 10, "trailing") == list(range(999, 0, -100))  # diffusers' "trailing", 999 ... 99
+    assert timestep_grid(1000, 1000, "trailing") == timestep_grid(1000)
+    grid = timestep_grid(1000, 3, "trailing")
+    assert grid == [999, 666, 332]  # round(1000 - i * 1000 / 3) - 1
+
+
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_logsnr_grid_starts_at_T_minus_1_and_ends_at_0(schedule):
     s = make_schedule(schedule, 1000)

@@ -55,7 +55,7 @@ def sample_images(model, cfg: RunConfig, n: int, *, generator: Generators = None
 
     ``sampler`` names one of ``ddpm.sampling.SAMPLERS`` (default: Algorithm 2); ``steps`` picks a
     sub-grid of the T training steps (all of them by default), spaced by ``grid`` (``"even"``,
-    ``"quadratic"`` or ``"logsnr"``; default: ``ddpm.sampling.DEFAULT_GRIDS[sampler]``).
+    ``"trailing"``, ``"quadratic"`` or ``"logsnr"``; default: ``ddpm.sampling.DEFAULT_GRIDS[sampler]``).
 
     ``precision``, ``memory_format`` and ``compile`` are the speed options of ``ddpm.performance``
     (default: the run's ``cfg.train`` settings, whose "auto" is the device's default; bf16 runs only the

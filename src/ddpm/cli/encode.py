@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--n", type=positive_int("--n"), default=16, help="images from --data (default: 16)")
     p.add_argument("--steps", type=positive_int("--steps"), default=100,
                    help="network calls each way (default: 100; the grid starts at T-1 and ends at 0)")
-    p.add_argument("--grid", choices=["even", "quadratic", "logsnr"], default="even",
+    p.add_argument("--grid", choices=["even", "trailing", "quadratic", "logsnr"], default="even",
                    help="timestep spacing (default: even)")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
                    help="clip the predicted x0 to [-1, 1] (default: the run's setting)")

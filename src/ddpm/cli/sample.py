@@ -44,8 +44,8 @@ def add_parser(sub) -> None:
                    "form dpm++2m-sde (Lu et al. 2022; best at 10-50 --steps on small models)")
     p.add_argument("--steps", type=positive_int("--steps"), help="network calls per image (default: all T)")
     p.add_argument("--eta", type=float, help="DDIM only: 0 deterministic (default), 1 = Algorithm 2 with beta-tilde")
-    p.add_argument("--grid", choices=["even", "quadratic", "logsnr"],
-                   help="timestep spacing for --steps (default: even)")
+    p.add_argument("--grid", choices=["even", "trailing", "quadratic", "logsnr"],
+                   help="timestep spacing for --steps (default: even; trailing: T/K apart, from T-1 to T/K-1)")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
                    help="clip the predicted x0 to [-1, 1] (default: the run's setting)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
