@@ -50,3 +50,24 @@ def test_class_conditioning_hook_has_a_no_label_entry():
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 5])
     assert torch.allclose(m(x, t), m(x, t, torch.tensor([10, 10])))  # None is the "no label" row
     assert not torch.allclose(m(x, t, torch.tensor([3, 3])), m(x, t))
+
+
+def test_dropout_keeps_each_unit_with_probability_1_minus_p_and_rescales():
+    from ddpm.models.layers import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.1)
+    x = torch.ones(200_000)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.003  # binomial s.e. 0.0007
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    assert abs(y.mean().item() - 1.0) < 0.004  # unbiased, as nn.Dropout
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    xb = torch.ones(1000, dtype=torch.bfloat16, requires_grad=True)
+    drop.train()
+    out = drop(xb)
+    assert out.dtype == torch.bfloat16
+    out.sum().backward()
+    assert torch.equal(xb.grad != 0, out.detach() != 0)  # the gradient flows through kept units only

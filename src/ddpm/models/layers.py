@@ -29,6 +29,19 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(groups, channels), channels, eps=NORM_EPS)
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask, on the CPU, is uniform numbers compared with p rather than PyTorch's CPU
+    ``bernoulli_``, which drew the mask of a (64, 32, 28, 28) activation in 9.4 ms against 4.6 ms for
+    ``uniform_`` on a 2-core EPYC, and made dropout 14% of an mnist-preset training step. The same
+    function: each unit is kept with probability 1 - p and scaled by 1 / (1 - p)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu":
+            return super().forward(x)
+        keep = torch.rand(x.shape, dtype=torch.float32) >= self.p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv, time conditioning, GroupNorm-SiLU-dropout-conv, plus a skip.
 
@@ -44,7 +57,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, out_ch * (2 if conditioning == "scale_shift" else 1))
         self.norm2 = group_norm(out_ch, groups)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
