@@ -1,5 +1,5 @@
-"""DDIM, DDIM inversion and DPM-Solver++(2M), ODE and SDE: identities, convergence on an exact denoiser, the grid
-convention, and the CLI (``ddpm sample --sampler``, ``ddpm encode``) on a tiny run."""
+"""DDIM, DDIM inversion and DPM-Solver++(2M), ODE and SDE: identities, convergence on an exact denoiser,
+the grid convention, and the CLI (``ddpm sample --sampler``, ``ddpm encode``) on a tiny run."""
 
 import json
 import math
@@ -239,7 +239,8 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.parametrize("args", [["--sampler", "ddim", "--steps", "5"],
                                   ["--sampler", "ddim", "--steps", "5", "--eta", "1"],
-                                  ["--sampler", "dpm++2m", "--steps", "5", "--grid", "logsnr"]])
+                                  ["--sampler", "dpm++2m", "--steps", "5", "--grid", "logsnr"],
+                                  ["--sampler", "dpm++2m-sde", "--steps", "5"]])
 def test_cli_sample_with_fast_samplers(tiny_run, tmp_path, args, capsys):
     out = tmp_path / "s"
     assert ddpm_main(["sample", "--checkpoint", str(tiny_run), "--n", "3", "--out", str(out), *args]) == 0
