@@ -134,7 +134,8 @@ def train_ours(args, out: Path, device) -> tuple[Path, float, dict]:
 
 
 def lr_at(recipe, step: int, elapsed_fraction: float) -> float:
-    """Ours' schedule with the cosine decay over wall-clock time, since the number of steps is not known."""
+    """Linear warm-up, then cosine decay to ``lr_min_ratio`` x lr over wall-clock time (the number of steps is not
+    known): ours' schedule, and diffusers' example's with a floor of 0."""
     lr = recipe["lr"]
     if step < recipe["warmup_steps"]:
         return lr * (step + 1) / recipe["warmup_steps"]
@@ -277,16 +278,15 @@ def diffusers_peer(args, device, shape, model_cfg, own: bool = False):
 
         ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
 
-        def lr_fn(step, frac):
-            return 1e-4 * (step + 1) / 500 if step < 500 else 1e-4 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-
         def ema_model():
             averaged = copy.deepcopy(model)
             ema.copy_to(averaged.parameters())
             return averaged.eval()
 
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-        return Recipe(16, opt, lr_fn, 1.0, lambda step: ema.step(model.parameters()), ema_model)
+        schedule = {"lr": 1e-4, "warmup_steps": 500, "lr_min_ratio": 0.0}  # warm-up, then cosine to 0
+        return Recipe(16, opt, lambda step, frac: lr_at(schedule, step, frac), 1.0,
+                      lambda step: ema.step(model.parameters()), ema_model)
 
     return unet, count_params(unet), loss_fn, sample, own_recipe
 
