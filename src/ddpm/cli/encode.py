@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", help="folder holding the data set's files")
     p.add_argument("--n", type=positive_int("--n"), default=16, help="images from --data (default: 16)")
     p.add_argument("--steps", type=positive_int("--steps"), default=100,
-                   help="network calls each way (default: 100; the grid starts at T-1 and ends at 0)")
+                   help="network calls each way (default: 100; the grid starts at T-1)")
     p.add_argument("--grid", choices=["even", "trailing", "quadratic", "logsnr"], default="even",
                    help="timestep spacing (default: even)")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,

@@ -120,14 +120,13 @@ def run(args: argparse.Namespace) -> int:
     if sample_names:
         features_name = args.features or ("inception" if reference.shape[0] == 3 and min(reference.shape[1:]) >= 32
                                           else "classifier")
+        t0 = time.perf_counter()  # the extractor (a first-use classifier trains here) and the reference
         if features_name == "classifier" and not args.classifier:
-            t0 = time.perf_counter()
             extractor, stats = classifier_reference(reference, device=device, batch_size=args.batch_size,
                                                     progress=progress)
         else:
             extractor = make_extractor(features_name, classifier=args.classifier,
                                        inception_weights=args.inception_weights, device=device)
-            t0 = time.perf_counter()
             stats = reference_stats(reference, extractor, device=device, batch_size=args.batch_size,
                                     progress=progress)
         report["seconds"]["reference_features"] = time.perf_counter() - t0

@@ -1,7 +1,8 @@
 """``ddpm sample``: draw images from a trained run by Algorithm 2, DDIM or DPM-Solver++(2M) (ODE or SDE).
 
-``--sampler ddim|dpm++2m|dpm++2m-sde --steps K`` makes K network calls instead of T (the grid starts at T-1 and
-ends at 0 whatever K is; ``--grid`` spaces it evenly in t, quadratically, or evenly in log-SNR).
+``--sampler ddim|dpm++2m|dpm++2m-sde --steps K`` makes K network calls instead of T. The grid starts at
+T-1 whatever K is; ``--grid`` spaces it evenly in t down to 0, by T/K down to T/K - 1 ("trailing", DDIM's
+default), quadratically, or evenly in log-SNR.
 
 Writes DIR/grid.png, one PNG per sample (DIR/sample_00000.png ...) and DIR/samples.npz holding one
 uint8 array ``arr_0`` of shape (N, H, W, C). Sample i is drawn from seed S + i alone, so any image can
@@ -45,7 +46,8 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=positive_int("--steps"), help="network calls per image (default: all T)")
     p.add_argument("--eta", type=float, help="DDIM only: 0 deterministic (default), 1 = Algorithm 2 with beta-tilde")
     p.add_argument("--grid", choices=["even", "trailing", "quadratic", "logsnr"],
-                   help="timestep spacing for --steps (default: even; trailing: T/K apart, from T-1 to T/K-1)")
+                   help="timestep spacing for --steps (default: trailing for ddim, even otherwise; trailing: T/K "
+                   "apart, from T-1 to T/K-1)")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
                    help="clip the predicted x0 to [-1, 1] (default: the run's setting)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)

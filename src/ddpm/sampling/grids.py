@@ -29,7 +29,8 @@ def timestep_grid(num_timesteps: int, steps: int | None = None, kind: str = "eve
                   schedule: Schedule | None = None) -> list[int]:
     """``steps`` 0-based timesteps from T-1 down to 0 (all T when ``steps`` is None).
 
-    ``kind="even"`` spaces them evenly; ``"trailing"`` by T / steps, down to T / steps - 1; ``"quadratic"`` packs them near t = 0 (Song et al. 2021, DDIM);
+    ``kind="even"`` spaces them evenly; ``"trailing"`` by T / steps, down to T / steps - 1 instead of 0;
+    ``"quadratic"`` packs them near t = 0 (Song et al. 2021, DDIM);
     ``"logsnr"`` spaces them evenly in log-SNR lambda_t = log(alpha_t / sigma_t) (Lu et al. 2022,
     DPM-Solver §3.3 "uniform logSNR"), each point rounded to the training step of nearest lambda, and
     needs the ``schedule``.
