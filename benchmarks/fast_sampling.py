@@ -310,18 +310,21 @@ def plot(result, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in dict.fromkeys(r["sampler"] for r in result["rows"]):
-        pts = sorted((r["nfe"], r["fid"]) for r in result["rows"] if r["sampler"] == s and r["fid"] is not None)
+        pts = sorted((r["nfe"], r["fid"], r["fid_se"]) for r in result["rows"]
+                     if r["sampler"] == s and r["fid"] is not None)
         if not pts:
             continue
         ours_ = not s.startswith("diffusers")
-        ax.plot(*zip(*pts), marker="o" if ours_ else "x", linestyle="-" if ours_ else "--", label=s)
+        nfe, fid, se = zip(*pts)  # error bars: the FID's bootstrap standard error
+        ax.errorbar(nfe, fid, yerr=se, marker="o" if ours_ else "x", linestyle="-" if ours_ else "--", capsize=2,
+                    label=s)
     ax.axhline(result["real_data_fid"], color="gray", linestyle=":", label="real data")
     ax.set_xscale("log")
     if min((r["fid"] for r in result["rows"] if r["fid"] is not None), default=0) > 0:
         ax.set_yscale("log")
     ax.set_xlabel("network evaluations")
     ax.set_ylabel("classifier-FID")
-    ax.set_title(f"{result['data']}: {result['n']} samples per point")
+    ax.set_title(f"{result['data']}: {result['n']} samples per point (bars: ± standard error)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -96,7 +96,7 @@ def test_benchmark_runs_on_a_tiny_run(tmp_path, monkeypatch):
                       "--out", str(out)])
     rows = result["rows"]
     assert {(r["sampler"], r["nfe"]) for r in rows} == {
-        (s, k) for s in ("ancestral (even)", "ddim (even)", "dpm++2m-sde (even)", "diffusers ddim",
+        (s, k) for s in ("ancestral (even)", "ddim (trailing)", "dpm++2m-sde (even)", "diffusers ddim",
                          "diffusers dpm++2m-sde")
         for k in (4, 8)}  # NFE 1000 > T = 20 is skipped
     assert all(r["fid"] is not None and r["fid"] >= 0 for r in rows)
