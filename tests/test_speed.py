@@ -140,3 +140,15 @@ def test_cpu_attention_is_scaled_dot_product_attention():
     assert torch.allclose(out, ref, atol=1e-6)
     g_out, g_ref = torch.autograd.grad(out.square().sum(), x), torch.autograd.grad(ref.square().sum(), x)
     assert torch.allclose(g_out[0], g_ref[0], atol=1e-5)
+
+
+def test_dropout_mask_benchmark_times_both_masks():
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("dropout_mask", REPO / "benchmarks" / "dropout_mask.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--preset", "digits", "--seconds", "0.05", "--rounds", "1"])
+    assert set(result) == {"ours", "torch"} and all(v > 0 for v in result.values())

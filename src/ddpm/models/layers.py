@@ -32,9 +32,9 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
 class Dropout(nn.Dropout):
     """``nn.Dropout`` whose mask, on the CPU, is uniform numbers compared with p rather than PyTorch's CPU
     ``bernoulli_``, which runs on one thread where ``uniform_`` uses them all: with 2 threads of a 2-core
-    EPYC the mask of a (64, 32, 28, 28) activation took 4.6 ms instead of 9.4 ms, and an mnist-preset
-    training step ran 6% faster (194 against 183 img/s; no change with 1 thread). The same function:
-    each unit is kept with probability 1 - p and scaled by 1 / (1 - p)."""
+    EPYC an mnist-preset training step ran 8% faster (180.7 against 167.7 img/s; 1 thread: 107.1 against
+    105.7; ``benchmarks/dropout_mask.py``). The same function: each unit is kept with probability 1 - p
+    and scaled by 1 / (1 - p)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu":
