@@ -106,7 +106,8 @@ def frechet_distance_se(real: torch.Tensor | FidReference, fake: torch.Tensor, *
     It measures how much the score of N samples moves with the samples drawn, which dominates small-N
     comparisons: with a classifier's features the mean term follows the class mix of the samples. On
     the digits model of benchmarks/quality.py, six sets of 1,000 samples from one sampler scored between
-    0.27 and 0.81."""
+    0.14 and 0.68 (``ddpm evaluate --sampler dpm++2m-sde --steps 20 --n 1000 --metrics fid --seed S``,
+    S = 0, 1000, ..., 5000), with standard errors of 0.15-0.31."""
     if resamples is None:
         resamples = 50 if fake.shape[1] <= 512 else 10
     g = torch.Generator().manual_seed(seed)
