@@ -131,7 +131,7 @@ def main(argv=None) -> dict:
     from ddpm.data.datasets import load_dataset
     from ddpm.evaluation.classifier import ClassifierTrainConfig
     from ddpm.evaluation.features import extract
-    from ddpm.evaluation.metrics import frechet_distance
+    from ddpm.evaluation.metrics import frechet_distance, frechet_distance_se
     from ddpm.evaluation.reference import classifier_reference
     from ddpm.evaluation.samples import generate_samples
     from ddpm.training.distributed import DistEnv, resolve_device
@@ -178,7 +178,8 @@ def main(argv=None) -> dict:
         save_grid(x.view(K, n, *x.shape[1:])[:, :10].reshape(-1, *x.shape[1:]), out / f"{name}.png",
                   nrow=min(n, 10))
         feats, logits = extract(extractor, x, device=device, progress=False)
-        row = {"setting": name, "fid": frechet_distance(ref.fid, feats), "sample_seconds": seconds, **options}
+        row = {"setting": name, "fid": frechet_distance(ref.fid, feats),
+               "fid_se": frechet_distance_se(ref.fid, feats, seed=args.seed), "sample_seconds": seconds, **options}
         if conditional:
             row["accuracy"] = (logits.argmax(1) == labels).float().mean().item()
         row.pop("classifier", None)
@@ -217,18 +218,20 @@ def to_markdown(r: dict) -> str:
              f"all real images (real-data floor at this sample size {r['fid_real_floor']:.3f}). Unconditional "
              f"model: {r['unconditional']}. Noisy guidance classifier held-out accuracy at uniform t: "
              f"{r['guidance_classifier']['held_out_accuracy']:.3f}.", "",
-             "| setting | guidance w | classifier scale s | accuracy | classifier-FID | sample s |",
+             "| setting | guidance w | classifier scale s | accuracy | classifier-FID ± SE | sample s |",
              "|---|---|---|---|---|---|"]
     for row in r["rows"]:
         acc = f"{row['accuracy']:.3f}" if "accuracy" in row else "-"
         w = f"{row['guidance']:g}" if "guidance" in row else "-"
         s = f"{row['classifier_scale']:g}" if "classifier_scale" in row else "-"
-        lines.append(f"| {row['setting']} | {w} | {s} | {acc} | {row['fid']:.3f} | {row['sample_seconds']:.0f} |")
+        lines.append(f"| {row['setting']} | {w} | {s} | {acc} | {row['fid']:.3f} ± {row['fid_se']:.3f} | "
+                     f"{row['sample_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(r: dict, path: Path) -> None:
-    """Accuracy against classifier-FID, one curve per kind of guidance; the unconditional FID as a line."""
+    """Accuracy against classifier-FID (± its bootstrap standard error), one curve per kind of guidance; the
+    unconditional FID as a line."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4.2), dpi=110, layout="constrained")
@@ -238,7 +241,7 @@ def plot(r: dict, path: Path) -> None:
         if not rows:
             continue
         fids, accs = [row["fid"] for row in rows], [row["accuracy"] for row in rows]
-        ax.plot(fids, accs, marker=marker, label=label)
+        ax.errorbar(fids, accs, xerr=[row["fid_se"] for row in rows], marker=marker, capsize=3, label=label)
         for row, f, a in zip(rows, fids, accs):
             ax.annotate(f"{row[key]:g}", (f, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
     uncond = next(row for row in r["rows"] if row["setting"] == "unconditional")
