@@ -354,7 +354,9 @@ def main(argv=None) -> dict:
 
     rows: dict[str, dict] = {}
     real = data.images[torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:args.n]]
-    rows["real"] = score("real", real, extractor, ref, out, args.seed, device)  # the floor at this sample size
+    # The floor at this sample size. Where --n reaches the data set's size the row holds the reference
+    # itself (distance ~0), no floor at all; its "images" say which it is.
+    rows["real"] = {"images": f"{len(real)} of {len(data)}", **score("real", real, extractor, ref, out, args.seed, device)}
     run_dir, wall, ours_info = train_ours(args, out, device) if "ours" in models or args.budget is None else (None, None, {})
     budget = args.budget or wall
     train_cfg, model_cfg = asdict(preset.train), asdict(preset.model)
@@ -429,11 +431,12 @@ def to_markdown(r: dict) -> str:
              "|" + "---|" * (head.count("|") - 1)]
     for name, row in r["rows"].items():
         recipe = "-" if name == "real" else row.get("recipe", "ours") + (" (reused)" if "reused_from" in row else "")
+        label = f"real ({row['images']})" if name == "real" and "images" in row else name
         cost = ("| - | - | - | - " if name == "real" else
                 f"| {row['params'] / 1e6:.2f}M | {row['steps']} | {row['train_images_per_s']:.0f} "
                 f"| {row['sample_images_per_s']:.2f} ")
         fd = f"{row['fid']:.3f}" + (f" ± {row['fid_se']:.3f}" if row.get("fid_se") is not None else "")
-        lines.append(f"| {name} | {recipe} {cost}| {fd} | {row['kid_mean']:.4f} "
+        lines.append(f"| {label} | {recipe} {cost}| {fd} | {row['kid_mean']:.4f} "
                      f"| {row['precision']:.3f} | {row['recall']:.3f} | {100 * row['confident_share']:.1f} "
                      f"| {row['class_entropy']:.4f} |")
     if r["targets"]:

@@ -45,6 +45,7 @@ def test_ours_row_and_real_floor_on_a_tiny_run(tiny_run, tmp_path):
                 "--reuse", str(out / "results.json")])
     assert json.loads((out / "results.json").read_text())["rows"]["ours"]["fid"] == rows["ours"]["fid"]
     assert "| ours |" in (out / "results.md").read_text() and (out / "ours.png").stat().st_size > 0
+    assert rows["real"]["images"] == "16 of 1797" and "| real (16 of 1797) |" in (out / "results.md").read_text()
 
 
 @pytest.mark.parametrize("data,shape", [("digits", (1, 8, 8)), ("mnist", (1, 28, 28))])
