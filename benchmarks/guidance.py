@@ -202,6 +202,7 @@ def main(argv=None) -> dict:
                                                                "held_out_accuracy_t0", "train_seconds")},
         "eval_classifier_held_out_accuracy": extractor.info.get("held_out_accuracy"),
         "fid_real_floor": frechet_distance(ref.fid, extract(extractor, real, device=device, progress=False)[0]),
+        "fid_real_floor_images": f"{len(real)} of {len(data)}",  # all of them: the reference itself, no floor
         "rows": rows,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -215,8 +216,9 @@ def to_markdown(r: dict) -> str:
     lines = [f"{r['data']}: {r['n_per_class']} samples per class and setting, {r['sampler']} with {r['steps']} "
              f"steps. Accuracy: share of samples an independent classifier (held-out accuracy "
              f"{r['eval_classifier_held_out_accuracy']:.3f}) assigns to the requested class; classifier-FID to "
-             f"all real images (real-data floor at this sample size {r['fid_real_floor']:.3f}). Unconditional "
-             f"model: {r['unconditional']}. Noisy guidance classifier held-out accuracy at uniform t: "
+             f"all real images (real-data floor at this sample size {r['fid_real_floor']:.3f}, from "
+             f"{r.get('fid_real_floor_images', 'as many')} real images). Unconditional model: {r['unconditional']}. "
+             f"Noisy guidance classifier held-out accuracy at uniform t: "
              f"{r['guidance_classifier']['held_out_accuracy']:.3f}.", "",
              "| setting | guidance w | classifier scale s | accuracy | classifier-FID ± SE | sample s |",
              "|---|---|---|---|---|---|"]
