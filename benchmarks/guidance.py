@@ -22,11 +22,13 @@ per kind of guidance, the unconditional FID as a line) and OUT/<setting>.png (a 
 Issue 7's target: at least 97% of samples of the requested class at the best setting, with a
 classifier-FID no worse than the unconditional model's.
 
-Full runs (2 CPU cores; digits: ~10 min of training, ~2 min for the classifier, ~8 min of sampling):
+Full runs, as measured for the README (2 CPU cores; digits, with the unconditional run of
+``quality.py --n 3000``: 23 min in all; MNIST: 56 min, a test run beside it included):
 
-    .venv/bin/python benchmarks/guidance.py --out bench_out/guidance_digits
-    .venv/bin/python benchmarks/guidance.py --data mnist --data-dir ../shared/data/mnist \\
-        --out bench_out/guidance_mnist
+    .venv/bin/python benchmarks/guidance.py --uncond-checkpoint bench_out/q3k/ours --n-per-class 300 \\
+        --out bench_out/guidance_digits
+    .venv/bin/python benchmarks/guidance.py --data mnist --data-dir ../shared/data/mnist --n-per-class 100 \\
+        --classifier-scales 2,4,8 --classifier-epochs 15 --classifier-base-channels 16 --out bench_out/guidance_mnist
 
 Tiny smoke run (seconds; keeps its evaluation classifier out of the real cache):
 
