@@ -133,8 +133,9 @@ def main(argv=None) -> dict:
     from ddpm.data.datasets import load_dataset
     from ddpm.evaluation.classifier import ClassifierTrainConfig
     from ddpm.evaluation.features import extract
-    from ddpm.evaluation.metrics import frechet_distance, frechet_distance_se
+    from ddpm.evaluation.metrics import frechet_distance
     from ddpm.evaluation.reference import classifier_reference
+    from ddpm.evaluation.report import compute_metrics
     from ddpm.evaluation.samples import generate_samples
     from ddpm.training.distributed import DistEnv, resolve_device
     from ddpm.viz.figures import parse_floats
@@ -180,8 +181,8 @@ def main(argv=None) -> dict:
         save_grid(x.view(K, n, *x.shape[1:])[:, :10].reshape(-1, *x.shape[1:]), out / f"{name}.png",
                   nrow=min(n, 10))
         feats, logits = extract(extractor, x, device=device, progress=False)
-        row = {"setting": name, "fid": frechet_distance(ref.fid, feats),
-               "fid_se": frechet_distance_se(ref.fid, feats, seed=args.seed), "sample_seconds": seconds, **options}
+        row = {"setting": name, **compute_metrics(["fid"], feats, logits, ref, seed=args.seed),  # fid, fid_se
+               "sample_seconds": seconds, **options}
         if conditional:
             row["accuracy"] = (logits.argmax(1) == labels).float().mean().item()
         row.pop("classifier", None)
@@ -219,7 +220,7 @@ def to_markdown(r: dict) -> str:
              f"steps. Accuracy: share of samples an independent classifier (held-out accuracy "
              f"{r['eval_classifier_held_out_accuracy']:.3f}) assigns to the requested class; classifier-FID to "
              f"all real images (real-data floor at this sample size {r['fid_real_floor']:.3f}, from "
-             f"{r.get('fid_real_floor_images', 'as many')} real images). Unconditional model: {r['unconditional']}. "
+             f"{r['fid_real_floor_images']} real images). Unconditional model: {r['unconditional']}. "
              f"Noisy guidance classifier held-out accuracy at uniform t: "
              f"{r['guidance_classifier']['held_out_accuracy']:.3f}.", "",
              "| setting | guidance w | classifier scale s | accuracy | classifier-FID ± SE | sample s |",
