@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     from ddpm.evaluation.classifier import ClassifierTrainConfig
     from ddpm.evaluation.features import extract
     from ddpm.evaluation.metrics import frechet_distance
-    from ddpm.evaluation.reference import classifier_reference
+    from ddpm.evaluation.reference import classifier_reference, real_floor_images
     from ddpm.evaluation.report import compute_metrics
     from ddpm.evaluation.samples import generate_samples
     from ddpm.training.distributed import DistEnv, resolve_device
@@ -196,7 +196,7 @@ def main(argv=None) -> dict:
         rows.append(evaluate(f"classifier_s{s:g}", uncond_model, uncond_cfg, conditional=True, classifier=guide_clf,
                              classifier_scale=s))
 
-    real = data.images[torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:K * n]]
+    real, real_label = real_floor_images(data, K * n, args.seed)
     results = {
         "data": data.name, "n_per_class": n, "sampler": args.sampler, "steps": args.steps,
         "conditional": run_info | {"timesteps": run.config.diffusion.timesteps},
@@ -205,7 +205,7 @@ def main(argv=None) -> dict:
                                                                "held_out_accuracy_t0", "train_seconds")},
         "eval_classifier_held_out_accuracy": extractor.info.get("held_out_accuracy"),
         "fid_real_floor": frechet_distance(ref.fid, extract(extractor, real, device=device, progress=False)[0]),
-        "fid_real_floor_images": f"{len(real)} of {len(data)}",  # all of them: the reference itself, no floor
+        "fid_real_floor_images": real_label,
         "rows": rows,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

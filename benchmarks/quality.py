@@ -332,7 +332,7 @@ def main(argv=None) -> dict:
 
     from ddpm.api import load_run
     from ddpm.data.datasets import load_dataset
-    from ddpm.evaluation.reference import classifier_reference
+    from ddpm.evaluation.reference import classifier_reference, real_floor_images
     from ddpm.evaluation.samples import generate_samples
     from ddpm.presets import make_config, preset_for_data
     from ddpm.training.distributed import DistEnv, resolve_device
@@ -353,10 +353,8 @@ def main(argv=None) -> dict:
           flush=True)
 
     rows: dict[str, dict] = {}
-    real = data.images[torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:args.n]]
-    # The floor at this sample size. Where --n reaches the data set's size the row holds the reference
-    # itself (distance ~0), no floor at all; its "images" say which it is.
-    rows["real"] = {"images": f"{len(real)} of {len(data)}", **score("real", real, extractor, ref, out, args.seed, device)}
+    real, real_label = real_floor_images(data, args.n, args.seed)  # the floor at this sample size
+    rows["real"] = {"images": real_label, **score("real", real, extractor, ref, out, args.seed, device)}
     run_dir, wall, ours_info = train_ours(args, out, device) if "ours" in models or args.budget is None else (None, None, {})
     budget = args.budget or wall
     train_cfg, model_cfg = asdict(preset.train), asdict(preset.model)

@@ -292,3 +292,15 @@ def test_frechet_distance_standard_error_shrinks_with_the_sample_size():
     se_small, se_large = M.frechet_distance_se(real, small), M.frechet_distance_se(real, large)
     assert 0 < se_large < se_small / 3
     assert se_small < M.frechet_distance(real, small)  # mean shift 0.3 in 8 dims: FD ~0.72, well resolved
+
+
+def test_real_floor_images_are_seeded_and_say_when_they_are_the_whole_set():
+    from ddpm.evaluation.reference import real_floor_images
+
+    data = load_digits()
+    some, label = real_floor_images(data, 100, seed=3)
+    assert label == "100 of 1797" and some.shape == (100, *data.shape)
+    assert torch.equal(some, real_floor_images(data, 100, seed=3)[0])  # seeded
+    everything, label = real_floor_images(data, 3000, seed=3)
+    assert label == "1797 of 1797"  # no floor: the reference itself
+    assert torch.equal(everything.flatten(1).sort(0).values, data.images.flatten(1).sort(0).values)

@@ -108,3 +108,11 @@ def classifier_reference(data: ImageDataset, *, cfg: ClassifierTrainConfig | Non
     model, info, folder = cached_classifier(data, cfg=cfg, progress=progress, device=device)
     extractor = ClassifierExtractor(model, info, str(folder)).to(device)
     return extractor, reference_stats(data, extractor, device=device, batch_size=batch_size, progress=progress)
+
+
+def real_floor_images(data: ImageDataset, n: int, seed: int = 0) -> tuple[torch.Tensor, str]:
+    """(images, "k of N"): ``n`` real images drawn without replacement by ``seed``, whose distance to the
+    whole set is the floor a metric reaches at that sample size. Where ``n`` reaches the set's size they are
+    the whole reference (distance ~0, no floor); the label says which it is."""
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+    return data.images[idx], f"{len(idx)} of {len(data)}"
