@@ -27,7 +27,8 @@ def test_guidance_benchmark_runs_tiny(tmp_path, monkeypatch):
     assert "accuracy" not in r["rows"][0]
     assert all(0.0 <= row["accuracy"] <= 1.0 and row["fid"] >= 0 for row in r["rows"][1:])
     assert all(row["fid_se"] > 0 for row in r["rows"])  # bootstrap spread of a set of 20 samples
-    assert r["fid_real_floor_images"] == "20 of 1797" and "from 20 of 1797 real images" in (out / "results.md").read_text()
+    assert r["fid_real_floor_images"] == "20 of 1797"
+    assert "from 20 of 1797 real images" in (out / "results.md").read_text()
     assert json.loads((out / "results.json").read_text())["rows"] == r["rows"]
     assert "| cfg_w2 | 2 |" in (out / "results.md").read_text()
     for name in ("tradeoff.png", "unconditional.png", "cfg_w0.png", "classifier_s1.png"):
