@@ -70,6 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--nll-batch-size", type=int, default=2000)
     p.add_argument("--n-fid", type=int, default=2000, help="samples per FID (default: 2000)")
     p.add_argument("--respaced", type=int, nargs="+", default=[50, 100], help="respaced step counts (default: 50 100)")
+    p.add_argument("--fid-models", nargs="+", choices=list(MODELS), default=list(MODELS),
+                   help="models whose samples are scored (default: both; the issue's target is the hybrid one's)")
     p.add_argument("--grid", default="even", choices=["even", "quadratic"], help="respaced grid (default: even)")
     p.add_argument("--classifier-epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=1000, help="sampling / feature batch size")
@@ -115,18 +117,30 @@ def train_for(cfg, folder: Path, data, seconds: float) -> float:
     return time.perf_counter() - t0
 
 
-def fid(images: torch.Tensor, extractor, ref, args, device) -> float:
+def fid(images: torch.Tensor, extractor, ref, args, device) -> dict[str, float]:
+    """{"fid", "fid_se"} of ``images``, as ``ddpm evaluate`` computes them."""
     from ddpm.evaluation.features import extract
-    from ddpm.evaluation.metrics import frechet_distance
+    from ddpm.evaluation.report import compute_metrics
 
-    feats, _ = extract(extractor, images.clamp(-1, 1), batch_size=args.batch_size, device=device, progress=False)
-    return frechet_distance(ref.fid, feats)
+    feats, logits = extract(extractor, images.clamp(-1, 1), batch_size=args.batch_size, device=device,
+                            progress=False)
+    return compute_metrics(["fid"], feats, logits, ref, seed=args.seed)
+
+
+def paired_difference(nll_results: dict) -> dict:
+    """The L_simple model's better bound minus the hybrid one's, image by image (the same images and the
+    same noise seed), with the standard error of that mean difference."""
+    simple = min((v for k, v in nll_results.items() if k.startswith("simple")), key=lambda v: v["bpd"])
+    hybrid = next(v for k, v in nll_results.items() if k.startswith("hybrid"))
+    diff = torch.tensor(simple["per_image"], dtype=torch.float64) - torch.tensor(hybrid["per_image"], dtype=torch.float64)
+    se = diff.std().item() / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
+    return {"simple_minus_hybrid_bpd": diff.mean().item(), "stderr": se, "n": len(diff)}
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from ddpm.evaluation.classifier import ClassifierTrainConfig
-    from ddpm.evaluation.reference import classifier_reference
+    from ddpm.evaluation.reference import classifier_reference, real_floor_images
     from ddpm.evaluation.samples import generate_samples
 
     out = Path(args.out)
@@ -163,8 +177,9 @@ def main(argv=None) -> dict:
             key = f"{name} ({variance})"
             nll_results[key] = r
             results["models"][name].setdefault("nll", {})[variance] = {
-                k: v for k, v in r.items() if k != "per_t"} | {"seconds": time.perf_counter() - t0}
-            print(f"NLL {key}: {r['bpd']:.4f} +- {r['bpd_stderr']:.4f} bits/dim")
+                k: v for k, v in r.items() if k not in ("per_t", "per_image")} | {"seconds": time.perf_counter() - t0}
+            print(f"NLL {key}: {r['bpd']:.4f} +- {r['bpd_stderr']:.4f} bits/dim", flush=True)
+    results["nll_difference"] = paired_difference(nll_results)
     plot_vlb_terms(nll_results[f"hybrid ({MODELS['hybrid'][0]})"], out / "vlb_terms.png",
                    label="L_hybrid, learned_range", others={f"L_simple, {k.split('(')[1][:-1]}": v
                                                             for k, v in nll_results.items() if k.startswith("simple")})
@@ -173,15 +188,17 @@ def main(argv=None) -> dict:
     except ValueError as e:  # a budget shorter than one log interval
         print(f"no loss_quartiles.png: {e}")
     (out / "per_t.json").write_text(json.dumps({k: v["per_t"] for k, v in nll_results.items()}) + "\n")
+    d = results["nll_difference"]
+    print(f"NLL L_simple (better variance) - L_hybrid: {d['simple_minus_hybrid_bpd']:.4f} +- {d['stderr']:.4f} "
+          f"bits/dim (paired, {d['n']} images)", flush=True)
 
     # --- classifier-FID of respaced sampling -------------------------------------------------------------
     ccfg = ClassifierTrainConfig(epochs=args.classifier_epochs, device=str(device), seed=args.seed)
     extractor, ref = classifier_reference(data, cfg=ccfg, device=device, batch_size=args.batch_size)
     results["classifier_held_out_accuracy"] = extractor.info.get("held_out_accuracy")
-    g = torch.Generator().manual_seed(args.seed)
-    real = data.images[torch.randint(0, len(data), (args.n_fid,), generator=g)]
-    results["fid_real_data_floor"] = fid(real, extractor, ref, args, device)
-    for name in MODELS:
+    real, results["fid_real_floor_images"] = real_floor_images(data, args.n_fid, args.seed)
+    results["fid_real_data_floor"] = fid(real, extractor, ref, args, device)["fid"]
+    for name in args.fid_models:
         run = load_run(out / f"run-{name}", device)
         T = run.schedule.num_timesteps
         rows = {}
@@ -189,9 +206,10 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             x = generate_samples(run.model, run.config, args.n_fid, seed=args.seed, batch_size=args.batch_size,
                                  device=device, sampler="ancestral", steps=steps, grid=args.grid, progress=False)
-            rows[steps] = {"fid": fid(x, extractor, ref, args, device), "seconds": time.perf_counter() - t0}
+            rows[steps] = fid(x, extractor, ref, args, device) | {"seconds": time.perf_counter() - t0}
             rows[steps]["relative_to_T_steps"] = rows[steps]["fid"] / rows[T]["fid"]
-            print(f"FID {name} {steps} steps: {rows[steps]['fid']:.3f} ({rows[steps]['relative_to_T_steps']:.3f} x T-step)")
+            print(f"FID {name} {steps} steps: {rows[steps]['fid']:.3f} +- {rows[steps]['fid_se']:.3f} "
+                  f"({rows[steps]['relative_to_T_steps']:.3f} x T-step)", flush=True)
         results["models"][name]["fid"] = {str(k): v for k, v in rows.items()}
 
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -208,12 +226,16 @@ def to_markdown(r: dict, args) -> str:
         for variance, n in m["nll"].items():
             lines.append(f"| L_{name}, {variance} | {m['steps']} | {m['train_seconds']:.0f} | {n['bpd']:.4f} "
                          f"+- {n['bpd_stderr']:.4f} | {n['prior_bpd']:.2e} | {n['vb_bpd']:.4f} | {n['decoder_bpd']:.4f} |")
+    d = r["nll_difference"]
+    lines += ["", f"L_simple (its better variance) minus L_hybrid, image by image: {d['simple_minus_hybrid_bpd']:.4f} "
+              f"+- {d['stderr']:.4f} bits/dim ({d['n']} images)."]
     lines += ["", f"Classifier-FID ({args.n_fid} samples vs all {r['num_images']} images; {args.grid} respaced grid; "
-              f"real-data floor {r['fid_real_data_floor']:.3f}; classifier held-out accuracy "
-              f"{r['classifier_held_out_accuracy']}):", "", "| model | steps | FID | / T-step FID |", "|---|---|---|---|"]
+              f"real-data floor {r['fid_real_data_floor']:.3f} from {r['fid_real_floor_images']} real images; classifier held-out accuracy "
+              f"{r['classifier_held_out_accuracy']}):", "", "| model | steps | FID +- SE | / T-step FID |", "|---|---|---|---|"]
     for name, m in r["models"].items():
-        for steps, row in m["fid"].items():
-            lines.append(f"| L_{name} | {steps} | {row['fid']:.3f} | {row['relative_to_T_steps']:.3f} |")
+        for steps, row in m.get("fid", {}).items():
+            lines.append(f"| L_{name} | {steps} | {row['fid']:.3f} +- {row['fid_se']:.3f} | "
+                         f"{row['relative_to_T_steps']:.3f} |")
     return "\n".join(lines)
 
 

@@ -30,7 +30,8 @@ def evaluate_nll(run, dataset, n: int | None = None, batch_size: int = 256, gene
     ``dataset`` is an ``ImageDataset`` or an (N, C, H, W) tensor in [-1, 1]; images are snapped to the
     256-level grid the decoder L_0 is defined on (8-bit data is unchanged). Returns bits/dim:
     ``{"bpd", "bpd_stderr", "prior_bpd" (L_T), "vb_bpd" (sum of L_{t-1}), "decoder_bpd" (L_0),
-    "per_t" (T values, per_t[t] = mean term at 0-based t, per_t[0] = L_0), "n"}``.
+    "per_t" (T values, per_t[t] = mean term at 0-based t, per_t[0] = L_0), "per_image" (each image's
+    bound, for paired comparisons of two models on the same images), "n"}``.
     """
     images = dataset.images if hasattr(dataset, "images") else dataset
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
@@ -90,6 +91,7 @@ def evaluate_nll(run, dataset, n: int | None = None, batch_size: int = 256, gene
         "vb_bpd": sum(per_t[1:]),
         "decoder_bpd": per_t[0],
         "per_t": per_t,
+        "per_image": totals.tolist(),
         "n": count,
         "timesteps": T,
     }
