@@ -38,6 +38,7 @@ import importlib
 import importlib.util
 import json
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -73,7 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--fid-models", nargs="+", choices=list(MODELS), default=list(MODELS),
                    help="models whose samples are scored (default: both; the issue's target is the hybrid one's)")
     p.add_argument("--grid", default="even", choices=["even", "quadratic"], help="respaced grid (default: even)")
-    p.add_argument("--classifier-epochs", type=int, default=20)
+    p.add_argument("--classifier-epochs", type=int, help="train the classifier this long (default: ddpm "
+                   "evaluate's setting, so the cached one is shared with it and the other benchmarks)")
     p.add_argument("--batch-size", type=int, default=1000, help="sampling / feature batch size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -105,6 +107,9 @@ def train_for(cfg, folder: Path, data, seconds: float) -> float:
     """Train until ``seconds`` of wall time have passed (the loop saves on the interrupt); returns the time."""
     if folder.exists():
         shutil.rmtree(folder)
+    # interrupt_main does nothing where SIGINT is ignored, as it is for a background job of a
+    # non-interactive shell (`nohup ... &`): turn Python's Ctrl-C handler back on for the timer.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(seconds, _thread.interrupt_main)  # raises KeyboardInterrupt in this thread
     t0 = time.perf_counter()
     timer.start()
@@ -162,7 +167,7 @@ def main(argv=None) -> dict:
         results["models"][name] = {"variance": cfg.diffusion.variance, "loss": cfg.diffusion.loss, "steps": steps,
                                    "train_seconds": seconds, "batch_size": cfg.train.batch_size,
                                    "timesteps": cfg.diffusion.timesteps}
-        print(f"{name}: {steps} steps in {results['models'][name]['train_seconds']:.0f} s")
+        print(f"{name}: {steps} steps in {results['models'][name]['train_seconds']:.0f} s", flush=True)
 
     # --- NLL bound -------------------------------------------------------------------------------------
     nll_results = {}
@@ -193,7 +198,9 @@ def main(argv=None) -> dict:
           f"bits/dim (paired, {d['n']} images)", flush=True)
 
     # --- classifier-FID of respaced sampling -------------------------------------------------------------
-    ccfg = ClassifierTrainConfig(epochs=args.classifier_epochs, device=str(device), seed=args.seed)
+    ccfg = ClassifierTrainConfig(device=str(device))
+    if args.classifier_epochs:
+        ccfg.epochs = args.classifier_epochs
     extractor, ref = classifier_reference(data, cfg=ccfg, device=device, batch_size=args.batch_size)
     results["classifier_held_out_accuracy"] = extractor.info.get("held_out_accuracy")
     real, results["fid_real_floor_images"] = real_floor_images(data, args.n_fid, args.seed)

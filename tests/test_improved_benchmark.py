@@ -25,3 +25,27 @@ def test_improved_ddpm_benchmark_runs_tiny(tmp_path, tiny_config_file, monkeypat
     for name in ("results.json", "results.md", "vlb_terms.png"):  # loss_quartiles.png needs a logged interval
         assert (out / name).is_file()
     assert json.loads((out / "results.json").read_text())["models"]["hybrid"]["loss"] == "hybrid"
+
+
+def test_timed_training_stops_where_sigint_is_ignored(tmp_path, monkeypatch):
+    """A background job of a non-interactive shell (`nohup ... &`) starts with SIGINT ignored, where
+    _thread.interrupt_main does nothing: the timer must still end the training at its budget."""
+    import signal
+
+    from ddpm.api import load_run
+    from ddpm.config import derive
+    from ddpm.data.datasets import load_dataset
+    from tests.conftest import tiny_config
+
+    spec = importlib.util.spec_from_file_location("improved_ddpm", REPO / "benchmarks" / "improved_ddpm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = tiny_config(steps=10**9, checkpoint_every=10**9)
+    cfg.train.device = "cpu"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        seconds = bench.train_for(derive(cfg), tmp_path / "run", load_dataset("digits"), 8.0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert 8.0 <= seconds < 60.0
+    assert 0 < load_run(tmp_path / "run").step < 10**9
