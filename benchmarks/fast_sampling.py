@@ -170,6 +170,9 @@ def parse_args(argv=None):
                    "evaluate's setting, so the cached one is shared with it and benchmarks/quality.py)")
     p.add_argument("--only-ancestral-above", type=int, metavar="K",
                    help="NFE above K only for ours' ancestral sampler (the 1000-step reference), to save time")
+    p.add_argument("--ancestral-from", metavar="RESULTS_JSON",
+                   help="take the T-step ancestral row from benchmarks/improved_ddpm.py's results for this "
+                   "checkpoint (same --n, --seed and classifier) instead of sampling it again")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -205,7 +208,7 @@ def main(argv=None) -> dict:
         jobs.append(("diffusers", variant, None, f"diffusers {variant}"))
     families = {label: DIFFUSERS_VARIANTS[name] if kind == "diffusers" else name for kind, name, _, label in jobs}
 
-    rows = []
+    rows = [ancestral_row_from(args.ancestral_from, args, T, extractor.info)] if args.ancestral_from else []
     bar = tqdm(total=len(jobs) * len(nfes), desc="fast sampling benchmark")
     cap = args.only_ancestral_above
     for kind, name, grid, label in jobs:
@@ -242,6 +245,27 @@ def main(argv=None) -> dict:
     plot(result, out / "fid_vs_nfe.png")
     print((out / "results.md").read_text())
     return result
+
+
+def ancestral_row_from(path: str, args, T: int, classifier_info: dict) -> dict:
+    """The T-step ancestral row of ``args.checkpoint`` as benchmarks/improved_ddpm.py measured it, after
+    checking that it scored the same number of samples from the same seeds with the same classifier."""
+    try:
+        r = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--ancestral-from {path}: cannot read it ({e})") from None
+    me = Path(args.checkpoint).resolve()
+    model = next((m for m in r.get("models", {}).values() if Path(m.get("checkpoint", "")).resolve() == me), None)
+    if model is None or str(T) not in model.get("fid", {}):
+        raise UserError(f"--ancestral-from {path}: no {T}-step FID of {args.checkpoint} in it")
+    if (r.get("n_fid"), r.get("seed")) != (args.n, args.seed):
+        raise UserError(f"--ancestral-from {path}: it scored n={r.get('n_fid')} seed={r.get('seed')}, "
+                        f"this run n={args.n} seed={args.seed}")
+    if r.get("classifier") != json.loads(json.dumps(classifier_info, default=str)):  # as it was saved
+        raise UserError(f"--ancestral-from {path}: it used another classifier")
+    row = model["fid"][str(T)]
+    return {"sampler": "ancestral (even)", "kind": "ours", "method": "ancestral", "nfe": T, "fid": row["fid"],
+            "fid_se": row["fid_se"], "seconds": row["seconds"], "source": str(path)}
 
 
 def targets(rows) -> dict:

@@ -157,6 +157,7 @@ def main(argv=None) -> dict:
     if importlib.util.find_spec("tensorboard") is not None:
         importlib.import_module("torch.utils.tensorboard")
     results: dict = {"data": data.name, "num_images": len(data), "seconds_budget": args.seconds, "device": str(device),
+                     "n_fid": args.n_fid, "seed": args.seed, "grid": args.grid,
                      "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "models": {}}
 
     # --- train both for the same wall time -----------------------------------------------------------
@@ -164,7 +165,7 @@ def main(argv=None) -> dict:
         cfg = model_config(args, name)
         seconds = train_for(cfg, out / f"run-{name}", data, args.seconds)
         steps = load_run(out / f"run-{name}").step
-        results["models"][name] = {"variance": cfg.diffusion.variance, "loss": cfg.diffusion.loss, "steps": steps,
+        results["models"][name] = {"checkpoint": str(out / f"run-{name}"), "variance": cfg.diffusion.variance, "loss": cfg.diffusion.loss, "steps": steps,
                                    "train_seconds": seconds, "batch_size": cfg.train.batch_size,
                                    "timesteps": cfg.diffusion.timesteps}
         print(f"{name}: {steps} steps in {results['models'][name]['train_seconds']:.0f} s", flush=True)
@@ -203,6 +204,7 @@ def main(argv=None) -> dict:
         ccfg.epochs = args.classifier_epochs
     extractor, ref = classifier_reference(data, cfg=ccfg, device=device, batch_size=args.batch_size)
     results["classifier_held_out_accuracy"] = extractor.info.get("held_out_accuracy")
+    results["classifier"] = extractor.info
     real, results["fid_real_floor_images"] = real_floor_images(data, args.n_fid, args.seed)
     results["fid_real_data_floor"] = fid(real, extractor, ref, args, device)["fid"]
     for name in args.fid_models:

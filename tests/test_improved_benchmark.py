@@ -25,6 +25,22 @@ def test_improved_ddpm_benchmark_runs_tiny(tmp_path, tiny_config_file, monkeypat
     for name in ("results.json", "results.md", "vlb_terms.png"):  # loss_quartiles.png needs a logged interval
         assert (out / name).is_file()
     assert json.loads((out / "results.json").read_text())["models"]["hybrid"]["loss"] == "hybrid"
+    d = r["nll_difference"]
+    assert d["n"] == 4 and d["stderr"] >= 0
+
+    # fast_sampling.py takes the hybrid model's T-step ancestral row from these results instead of sampling it
+    pytest.importorskip("diffusers")
+    spec = importlib.util.spec_from_file_location("fast_sampling", REPO / "benchmarks" / "fast_sampling.py")
+    fs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fs)
+    common = ["--checkpoint", str(out / "run-hybrid"), "--nfe", "5", "--samplers", "dpm++2m", "--diffusers",
+              "--classifier-epochs", "1", "--batch-size", "16", "--ancestral-from", str(out / "results.json")]
+    f = fs.main([*common, "--n", "16", "--out", str(tmp_path / "fast")])
+    anc = [row for row in f["rows"] if row["method"] == "ancestral"]
+    assert len(anc) == 1 and anc[0]["nfe"] == 20 and anc[0]["fid"] == hybrid["fid"]["20"]["fid"]
+    assert "dpm++2m (even) @ 20 NFE within 10% of ancestral @ 20" not in f["targets"]  # NFE 5 only
+    with pytest.raises(fs.UserError, match="n=16 seed=0, this run n=8"):
+        fs.main([*common, "--n", "8", "--out", str(tmp_path / "fast8")])
 
 
 def test_timed_training_stops_where_sigint_is_ignored(tmp_path, monkeypatch):
