@@ -9,7 +9,9 @@ Sigma by Eq. 15. "The same wall time" is exact: each trains until ``--seconds`` 
 interrupts the loop as Ctrl-C would (it saves and returns), so each gets the steps its own speed allows.
 The NLL bound (``ddpm.evaluation.nll``) is reported in
 bits/dim with its per-term breakdown, for the L_simple model with both fixed variances (beta and
-beta-tilde: the better of the two is its fair number). Images are snapped to 8 bits for the decoder
+beta-tilde: the better of the two is its fair number), and as the difference of the two models' bounds
+image by image (the same images, the same noise seed), whose standard error is far smaller than either
+bound's. Images are snapped to 8 bits for the decoder
 term; digits' 17 grey levels move by at most 1/255.
 
 FID uses ``ddpm.evaluation``'s classifier features (a small CNN trained on the data set, cached) and
@@ -18,13 +20,15 @@ T-step ancestral FID (the issue's target: within 10% at 100 steps for the hybrid
 drawn from seed SEED + i for every grid, so the sets differ only by the sampler's grid.
 
 Writes OUT/results.json, OUT/results.md, OUT/vlb_terms.png (both models' bound against t) and
-OUT/loss_quartiles.png (the hybrid run's training loss per quartile of t). Full run (on an H100 the
-digits run takes about 7 minutes; on a 2-core CPU, hours):
+OUT/loss_quartiles.png (the hybrid run's training loss per quartile of t). The runs of the README (2-core
+CPU; digits about 45 minutes, MNIST about an hour: the bound sums T = 1,000 terms per image, so MNIST's
+is taken on the first 50 test images, and its FID on 500 samples; ``--fid-models hybrid`` skips the
+L_simple model's samples):
 
-    .venv/bin/python benchmarks/improved_ddpm.py --data digits --seconds 150 --n-fid 2000 \\
-        --out benchmarks/results/improved_ddpm-digits
-    .venv/bin/python benchmarks/improved_ddpm.py --data mnist --data-dir ../shared/data/mnist \\
-        --seconds 240 --n-nll 1000 --n-fid 2000 --out benchmarks/results/improved_ddpm-mnist
+    .venv/bin/python benchmarks/improved_ddpm.py --data digits --seconds 360 --n-nll 1000 --n-fid 2000 \
+        --fid-models hybrid --out bench_out/iddpm_digits
+    .venv/bin/python benchmarks/improved_ddpm.py --data mnist --data-dir ../shared/data/mnist --seconds 480 \
+        --n-nll 50 --nll-batch-size 50 --n-fid 500 --batch-size 500 --fid-models hybrid --out bench_out/iddpm_mnist
 
 Tiny smoke test (tests/test_improved_benchmark.py): ``--config tiny.json --seconds 3 --n-nll 4 --n-fid 16
 --respaced 5 10 --classifier-epochs 1``.
