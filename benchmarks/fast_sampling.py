@@ -23,7 +23,8 @@ issue's targets: DPM-Solver++, each form, at 20 NFE within 10% of 1000-step ance
 each of ours at least as good as diffusers' best variant of the same method at every NFE) and
 OUT/fid_vs_nfe.png. The reference statistics are those of every image of the data set; a line "real
 data" is the FID of n real images (``ddpm.evaluation.reference.real_floor_images``; all of them when n
-reaches the set's size, which then scores about 0) against them: the floor that n samples can reach. FID with few samples is biased upwards; compare rows of one run only.
+reaches the set's size, which then scores about 0) against them: the floor that n samples can reach.
+FID with few samples is biased upwards; compare rows of one run only.
 
 Full runs (not run by the tests; on a GPU they take minutes, on a 2-core CPU hours):
 

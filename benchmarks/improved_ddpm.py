@@ -25,9 +25,9 @@ CPU; digits about 45 minutes, MNIST about an hour: the bound sums T = 1,000 term
 is taken on the first 50 test images, and its FID on 500 samples; ``--fid-models hybrid`` skips the
 L_simple model's samples):
 
-    .venv/bin/python benchmarks/improved_ddpm.py --data digits --seconds 360 --n-nll 1000 --n-fid 2000 \
+    .venv/bin/python benchmarks/improved_ddpm.py --data digits --seconds 360 --n-nll 1000 --n-fid 2000 \\
         --fid-models hybrid --out bench_out/iddpm_digits
-    .venv/bin/python benchmarks/improved_ddpm.py --data mnist --data-dir ../shared/data/mnist --seconds 480 \
+    .venv/bin/python benchmarks/improved_ddpm.py --data mnist --data-dir ../shared/data/mnist --seconds 480 \\
         --n-nll 50 --nll-batch-size 50 --n-fid 500 --batch-size 500 --fid-models hybrid --out bench_out/iddpm_mnist
 
 Tiny smoke test (tests/test_improved_benchmark.py): ``--config tiny.json --seconds 3 --n-nll 4 --n-fid 16
@@ -113,16 +113,17 @@ def train_for(cfg, folder: Path, data, seconds: float) -> float:
         shutil.rmtree(folder)
     # interrupt_main does nothing where SIGINT is ignored, as it is for a background job of a
     # non-interactive shell (`nohup ... &`): turn Python's Ctrl-C handler back on for the timer.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(seconds, _thread.interrupt_main)  # raises KeyboardInterrupt in this thread
     t0 = time.perf_counter()
     timer.start()
     try:
-        train(cfg, folder, data=data, progress=False)
+        train(cfg, folder, data=data, progress=True)
     except KeyboardInterrupt:
         raise RuntimeError(f"--seconds {seconds} ran out before the training loop started") from None
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     return time.perf_counter() - t0
 
 
@@ -218,7 +219,7 @@ def main(argv=None) -> dict:
         for steps in sorted({*[k for k in args.respaced if k < T], T}, reverse=True):
             t0 = time.perf_counter()
             x = generate_samples(run.model, run.config, args.n_fid, seed=args.seed, batch_size=args.batch_size,
-                                 device=device, sampler="ancestral", steps=steps, grid=args.grid, progress=False)
+                                 device=device, sampler="ancestral", steps=steps, grid=args.grid, progress=True)
             rows[steps] = fid(x, extractor, ref, args, device) | {"seconds": time.perf_counter() - t0}
             rows[steps]["relative_to_T_steps"] = rows[steps]["fid"] / rows[T]["fid"]
             print(f"FID {name} {steps} steps: {rows[steps]['fid']:.3f} +- {rows[steps]['fid_se']:.3f} "
