@@ -86,12 +86,9 @@ def classifier_metric(args, data, device):
 
 def fid_of(images: torch.Tensor, extractor, ref, args, device) -> tuple[float, float]:
     """(FID, its bootstrap standard error over the draw of the images), as ``ddpm evaluate`` computes them."""
-    from ddpm.evaluation.features import extract
-    from ddpm.evaluation.report import compute_metrics
+    from ddpm.evaluation.report import score_images
 
-    feats, logits = extract(extractor, images.clamp(-1, 1), batch_size=args.batch_size, device=device,
-                            progress=False)
-    m = compute_metrics(["fid"], feats, logits, ref, seed=args.seed)
+    m = score_images(["fid"], images, extractor, ref, batch_size=args.batch_size, device=device, seed=args.seed)
     return m["fid"], m["fid_se"]
 
 

@@ -129,12 +129,9 @@ def train_for(cfg, folder: Path, data, seconds: float) -> float:
 
 def fid(images: torch.Tensor, extractor, ref, args, device) -> dict[str, float]:
     """{"fid", "fid_se"} of ``images``, as ``ddpm evaluate`` computes them."""
-    from ddpm.evaluation.features import extract
-    from ddpm.evaluation.report import compute_metrics
+    from ddpm.evaluation.report import score_images
 
-    feats, logits = extract(extractor, images.clamp(-1, 1), batch_size=args.batch_size, device=device,
-                            progress=False)
-    return compute_metrics(["fid"], feats, logits, ref, seed=args.seed)
+    return score_images(["fid"], images, extractor, ref, batch_size=args.batch_size, device=device, seed=args.seed)
 
 
 def paired_difference(nll_results: dict) -> dict:

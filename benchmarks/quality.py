@@ -316,14 +316,12 @@ def timed_samples(name: str, sample_batch, n: int, batch: int, seed: int, device
 def score(name: str, images: torch.Tensor, extractor, ref, out: Path, seed: int, device) -> dict:
     import numpy as np
 
-    from ddpm.evaluation.features import extract
-    from ddpm.evaluation.report import compute_metrics
+    from ddpm.evaluation.report import score_images
     from ddpm.viz.grid import save_grid, to_uint8
 
     save_grid(images[:100], out / f"{name}.png", nrow=10)
     np.savez(out / f"{name}_samples.npz", to_uint8(images))
-    feats, logits = extract(extractor, images, device=device, progress=False)
-    return compute_metrics(METRICS, feats, logits, ref, num_classes=10, seed=seed)
+    return score_images(METRICS, images, extractor, ref, device=device, num_classes=10, seed=seed)
 
 
 def main(argv=None) -> dict:

@@ -304,3 +304,19 @@ def test_real_floor_images_are_seeded_and_say_when_they_are_the_whole_set():
     everything, label = real_floor_images(data, 3000, seed=3)
     assert label == "1797 of 1797"  # no floor: the reference itself
     assert torch.equal(everything.flatten(1).sort(0).values, data.images.flatten(1).sort(0).values)
+
+
+def test_score_images_clamps_and_scores_as_compute_metrics(digit_features):
+    from ddpm.evaluation.report import compute_metrics, score_images
+
+    data, _, _ = digit_features
+    extractor = ClassifierExtractor(_model(digit_features))
+    ref = reference_stats(data, extractor, progress=False)
+    x = data.images[:200]
+    feats, logits = extract(extractor, x, progress=False)
+    want = compute_metrics(["fid", "confidence"], feats, logits, ref, num_classes=10, seed=3)
+    beyond = torch.where(x.abs() >= 1, 2 * x, x)  # the saturated pixels pushed out of [-1, 1]
+    assert (beyond.abs() > 1).any()
+    got = score_images(["fid", "confidence"], beyond, extractor, ref, batch_size=64, num_classes=10, seed=3)
+    assert got.keys() == want.keys()
+    assert all(got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6) for k in want)

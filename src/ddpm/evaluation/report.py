@@ -59,6 +59,15 @@ def compute_metrics(names: list[str], features: torch.Tensor, logits: torch.Tens
     return out
 
 
+def score_images(names: list[str], images: torch.Tensor, extractor, ref: ReferenceStats, *, batch_size: int = 256,
+                 device=None, num_classes: int | None = None, seed: int = 0) -> dict[str, float]:
+    """``compute_metrics`` of ``images`` (N, C, H, W), clamped to [-1, 1] and embedded by ``extractor``."""
+    from ddpm.evaluation.features import extract
+
+    feats, logits = extract(extractor, images.clamp(-1, 1), batch_size=batch_size, device=device, progress=False)
+    return compute_metrics(names, feats, logits, ref, num_classes=num_classes, seed=seed)
+
+
 def format_table(rows: dict[str, float | str], title: str = "") -> str:
     width = max((len(k) for k in rows), default=0)
     lines = [title] if title else []
