@@ -1,11 +1,13 @@
-"""The training step of a preset with PyTorch's ``nn.Dropout`` against ours (``ddpm.models.layers.Dropout``,
-whose CPU mask comes from ``uniform_`` on all threads rather than the one-thread ``bernoulli_``).
+"""The training step of a preset with our dropout (``ddpm.models.layers.Dropout``: a CPU mask from 16-bit
+random integers, four units per 64-bit draw) against a mask from ``torch.rand`` compared with p (``rand``,
+what ours did before) and PyTorch's ``nn.Dropout`` (``torch``, whose CPU mask is ``bernoulli_``).
 
-Wall-clock images/s of the same step as benchmarks/speed.py (bf16 where the device has it, fused AdamW,
-EMA), alternating the two for ``--rounds`` rounds of ``--seconds`` each at the machine's thread count:
+Images/s of the same step as benchmarks/speed.py (bf16 where the device has it, fused AdamW, EMA),
+alternating the three for ``--rounds`` rounds of ``--seconds`` each; ``--clock cpu`` times one thread's CPU
+time, for a machine shared with other work:
 
-    .venv/bin/python benchmarks/dropout_mask.py --preset mnist            # about a minute
-    .venv/bin/python benchmarks/dropout_mask.py --preset mnist --threads 1
+    .venv/bin/python benchmarks/dropout_mask.py --preset mnist            # about two minutes
+    .venv/bin/python benchmarks/dropout_mask.py --preset mnist --clock cpu --rounds 5
 """
 
 from __future__ import annotations
@@ -27,20 +29,33 @@ from ddpm.models.layers import ResBlock  # noqa: E402
 from ddpm.presets import make_config  # noqa: E402
 
 
-def images_per_second(cfg, dropout: str, seconds: float) -> float:
+class RandDropout(torch.nn.Dropout):
+    """Dropout with a mask of ``torch.rand`` numbers compared with p, one float draw per unit."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = torch.rand(x.shape, dtype=torch.float32) >= self.p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
+MASKS = {"ours": None, "rand": RandDropout, "torch": torch.nn.Dropout}
+
+
+def make_step(cfg, dropout: str):
     device = torch.device("cpu")
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    if dropout == "torch":
+    if MASKS[dropout] is not None:
         for m in model.modules():
             if isinstance(m, ResBlock):
-                m.dropout = torch.nn.Dropout(m.dropout.p)
+                m.dropout = MASKS[dropout](m.dropout.p)
     net = perf.Network(model, precision=perf.resolve_precision("auto", device))
     opt = perf.make_adamw(model.parameters(), lr=cfg.train.lr, weight_decay=0.0,
                           impl=perf.resolve_adamw_impl("auto", device), device=device)
     step = speed.train_step_fn(cfg, model, net, opt, cfg.train.batch_size, device)
     step()  # warm-up
-    return speed.run_for(step, seconds, device)
+    return step
 
 
 def main(argv=None) -> dict:
@@ -48,18 +63,29 @@ def main(argv=None) -> dict:
     p.add_argument("--preset", default="mnist")
     p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
     p.add_argument("--seconds", type=float, default=6.0)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: this process's CPU time with one thread (implies --threads 1)")
     args = p.parse_args(argv)
+    if args.clock == "cpu":
+        args.threads = 1
+        speed.CLOCK["now"] = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = make_config(args.preset)
-    rates = {"ours": [], "torch": []}
-    for _ in range(args.rounds):
-        for name in rates:
-            rates[name].append(images_per_second(cfg, name, args.seconds))
+    steps = {name: make_step(cfg, name) for name in MASKS}
+    rates = {name: [] for name in MASKS}
+    try:
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                rates[name].append(speed.run_for(step, args.seconds, torch.device("cpu")))
+    finally:
+        speed.CLOCK["now"] = time.perf_counter
     result = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"{args.preset}, {torch.get_num_threads()} threads, images/s (median of {args.rounds} rounds): "
-          f"ours {result['ours']:.1f}, nn.Dropout {result['torch']:.1f}, x{result['ours'] / result['torch']:.3f}")
+    print(f"{args.preset}, {torch.get_num_threads()} threads, {args.clock} clock, images/s (median of "
+          f"{args.rounds} rounds): ours {result['ours']:.1f}, rand {result['rand']:.1f} "
+          f"(ours x{result['ours'] / result['rand']:.3f}), nn.Dropout {result['torch']:.1f} "
+          f"(ours x{result['ours'] / result['torch']:.3f})")
     return result
 
 

@@ -57,12 +57,19 @@ def test_dropout_keeps_each_unit_with_probability_1_minus_p_and_rescales():
 
     torch.manual_seed(0)
     drop = Dropout(0.1)
-    x = torch.ones(200_000)
+    x = torch.ones(400_000)
     y = drop(x)
     kept = y != 0
-    assert abs(kept.float().mean().item() - 0.9) < 0.003  # binomial s.e. 0.0007
-    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    assert abs(kept.float().mean().item() - 0.9) < 0.003  # binomial s.e. 0.0005
+    for lane in range(4):  # each 16-bit quarter of a 64-bit draw, the sign bits' quarter included
+        assert abs(kept[lane::4].float().mean().item() - 0.9) < 0.004
+    pairs = torch.stack([kept[:-1], kept[1:]]).float()  # neighbours' masks are independent
+    assert abs(torch.corrcoef(pairs)[0, 1].item()) < 0.01
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.9), rtol=1e-4)
     assert abs(y.mean().item() - 1.0) < 0.004  # unbiased, as nn.Dropout
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # the default generator's seed fixes the mask
+    assert (Dropout(0.5)(x) != 0).float().mean().item() == pytest.approx(0.5, abs=0.004)
     drop.eval()
     assert torch.equal(drop(x), x)
     xb = torch.ones(1000, dtype=torch.bfloat16, requires_grad=True)
