@@ -142,7 +142,7 @@ def test_cpu_attention_is_scaled_dot_product_attention():
     assert torch.allclose(g_out[0], g_ref[0], atol=1e-5)
 
 
-def test_dropout_mask_benchmark_times_both_masks():
+def test_dropout_mask_benchmark_times_the_three_masks():
     import importlib.util
 
     from tests.conftest import REPO
@@ -152,3 +152,25 @@ def test_dropout_mask_benchmark_times_both_masks():
     spec.loader.exec_module(module)
     result = module.main(["--preset", "digits", "--seconds", "0.05", "--rounds", "1"])
     assert set(result) == {"ours", "rand", "torch"} and all(v > 0 for v in result.values())
+
+
+def test_speed_profile_accounts_for_the_step_by_category(tmp_path):
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("speed_profile", REPO / "benchmarks" / "speed_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.category("aten::convolution_backward") == "conv"
+    assert module.category("aten::native_group_norm_backward") == "group norm"
+    assert module.category("aten::random_") == "random numbers"
+    onednn = torch.backends.mkldnn.is_available()
+    result = module.main(["--preset", "digits", "--precision", "fp32", "--memory-formats", "contiguous",
+                          "--steps", "1", "--batch", "8", "--out", str(tmp_path)] + ([] if onednn else ["--no-onednn"]))
+    r = result["formats"]["contiguous"]
+    assert r["ms_per_step"] == pytest.approx(sum(r["categories"].values()))
+    assert r["categories"]["conv"] > 0 and r["images_per_s"] == pytest.approx(8 / r["ms_per_step"] * 1000)
+    if onednn:  # oneDNN ran the convolutions and said so
+        assert any(k.startswith("convolution") for k in r["onednn"])
+    assert "| conv |" in (tmp_path / "profile.md").read_text()
