@@ -18,7 +18,8 @@ kind of device without changing what the model learns (``benchmarks/speed.py`` t
     auto: contiguous. On that CPU channels_last made a training step 0.87x (fp32) and 0.67x (bf16) as
     fast: PyTorch's channels_last GroupNorm kernels are many times slower than the contiguous ones there
     (mnist bf16 step: 243 ms of GroupNorm instead of 27), more than the convolutions gain by skipping
-    oneDNN's layout reorders (``benchmarks/speed_profile.py``). CUDA: not measured here (``benchmarks/speed.py --ours-variants``).
+    oneDNN's layout reorders (``benchmarks/speed_profile.py``). CUDA: not measured here
+    (``benchmarks/speed.py --ours-variants``).
 ``compile``: ``"none"`` | ``"default"`` | ``"reduce-overhead"`` | ``"max-autotune"`` (``torch.compile`` modes;
     ``"reduce-overhead"`` replays CUDA graphs)
     auto: none on CPU, where inductor's code made a bf16 training step of the mnist preset 0.81x-0.89x
