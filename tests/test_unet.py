@@ -78,3 +78,40 @@ def test_dropout_keeps_each_unit_with_probability_1_minus_p_and_rescales():
     assert out.dtype == torch.bfloat16
     out.sum().backward()
     assert torch.equal(xb.grad != 0, out.detach() != 0)  # the gradient flows through kept units only
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 1, 1), (3, 2, 4, 4)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_upsample_conv_is_nearest_upsampling_then_the_3x3_convolution(shape, with_bias):
+    import torch.nn.functional as F
+
+    from ddpm.models.layers import upsample_conv
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(5, shape[1], 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, generator=g, requires_grad=True) if with_bias else None
+    ref = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
+    out = upsample_conv(x, w, b)
+    assert out.shape == ref.shape == (shape[0], 5, 2 * shape[2], 2 * shape[3])
+    assert torch.allclose(out, ref, rtol=0, atol=1e-12)
+    inputs = [x, w] + ([b] if with_bias else [])
+    upstream = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    for got, want in zip(torch.autograd.grad(out, inputs, upstream), torch.autograd.grad(ref, inputs, upstream)):
+        assert torch.allclose(got, want, rtol=0, atol=1e-11)
+
+
+def test_upsample_module_keeps_the_3x3_weight_and_matches_under_bf16_autocast():
+    import torch.nn.functional as F
+
+    from ddpm.models.layers import Upsample
+
+    torch.manual_seed(0)
+    up = Upsample(16)
+    assert set(up.state_dict()) == {"conv.weight", "conv.bias"} and up.conv.weight.shape == (16, 16, 3, 3)
+    x = torch.randn(2, 16, 7, 7)
+    ref = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = up(x)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() <= 2**-6 * ref.abs().max()  # bf16 inputs and kernels
