@@ -174,3 +174,23 @@ def test_speed_profile_accounts_for_the_step_by_category(tmp_path):
     if onednn:  # oneDNN ran the convolutions and said so
         assert any(k.startswith("convolution") for k in r["onednn"])
     assert "| conv |" in (tmp_path / "profile.md").read_text()
+
+
+def test_upsample_benchmark_compares_the_same_function_both_ways():
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("upsample_conv", REPO / "benchmarks" / "upsample_conv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg, model = tiny_model()
+    x, t = inputs(cfg)
+    with torch.no_grad():
+        ours = model(x, t)
+        resized = module.resize_then_conv(model)(x, t)
+    assert any(isinstance(m, module.ResizeThenConv) for m in model.modules())
+    assert torch.allclose(ours, resized, atol=1e-5)
+    result = module.main(["--preset", "digits", "--seconds", "0.05", "--rounds", "1"])
+    assert set(result) == {"train", "sample"}
+    assert all(r["ours"] > 0 and r["resize+conv"] > 0 and len(r["round_ratios"]) == 1 for r in result.values())

@@ -1,0 +1,111 @@
+"""Our upsampling (``ddpm.models.layers.upsample_conv``: one 2x2 convolution of the low-resolution input with
+four output phases) against the resize-then-convolve form it replaces (``interpolate`` nearest 2x, then
+the 3x3 convolution), in the training step and the sampling step of a preset.
+
+The same weights compute the same function both ways; only the arithmetic differs. Images/s of
+benchmarks/speed.py's training step and network evaluations/s of its sampling step (``sample_images``,
+Algorithm 2), the two forms alternating for ``--rounds`` rounds of ``--seconds`` each; ``--clock cpu``
+times one thread's CPU time, for a machine shared with other work. Prints the median of the per-round
+ratios (each round times both forms back to back, so the machine's drift cancels):
+
+    .venv/bin/python benchmarks/upsample_conv.py --preset mnist                 # about two minutes
+    .venv/bin/python benchmarks/upsample_conv.py --preset mnist --clock cpu --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speed  # noqa: E402  (the benchmark's training and sampling steps)
+
+from ddpm import performance as perf  # noqa: E402
+from ddpm.api import build_model  # noqa: E402
+from ddpm.models.layers import Upsample  # noqa: E402
+from ddpm.presets import make_config  # noqa: E402
+
+
+class ResizeThenConv(nn.Module):
+    """Nearest 2x resize, then the 3x3 convolution: the textbook form of ``Upsample``."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def resize_then_conv(model: nn.Module) -> nn.Module:
+    """``model`` with every ``Upsample`` replaced, in place, by ``ResizeThenConv`` of the same weights."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, Upsample):
+                setattr(parent, name, ResizeThenConv(child.conv))
+    return model
+
+
+def make_steps(cfg, form: str) -> dict:
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    if form == "resize+conv":
+        resize_then_conv(model)
+    precision = perf.resolve_precision("auto", device)
+    net = perf.Network(model, precision=precision)
+    opt = perf.make_adamw(model.parameters(), lr=cfg.train.lr, weight_decay=0.0, impl="auto", device=device)
+    batch = cfg.train.batch_size
+    steps = {"train": speed.train_step_fn(cfg, model, net, opt, batch, device),
+             "sample": speed.ours_sample_fn(cfg, model, batch, device, {"precision": precision})}
+    for step in steps.values():
+        step()  # warm-up
+    return steps
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="mnist")
+    p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: this process's CPU time with one thread (implies --threads 1)")
+    args = p.parse_args(argv)
+    if args.clock == "cpu":
+        args.threads = 1
+        speed.CLOCK["now"] = time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = make_config(args.preset)
+    forms = {form: make_steps(cfg, form) for form in ("ours", "resize+conv")}
+    rates = {(form, kind): [] for form in forms for kind in ("train", "sample")}
+    try:
+        for _ in range(args.rounds):
+            for kind in ("train", "sample"):
+                for form, steps in forms.items():
+                    rates[form, kind].append(speed.run_for(steps[kind], args.seconds, torch.device("cpu")))
+    finally:
+        speed.CLOCK["now"] = time.perf_counter
+    result = {}
+    for kind in ("train", "sample"):
+        ratios = [a / b for a, b in zip(rates["ours", kind], rates["resize+conv", kind])]
+        result[kind] = {"ours": statistics.median(rates["ours", kind]),
+                        "resize+conv": statistics.median(rates["resize+conv", kind]),
+                        "ratio": statistics.median(ratios), "round_ratios": ratios}
+        print(f"{args.preset} {kind}, {torch.get_num_threads()} threads, {args.clock} clock (median of "
+              f"{args.rounds} rounds): ours {result[kind]['ours']:.1f}, resize+conv "
+              f"{result[kind]['resize+conv']:.1f}/s, ours x{result[kind]['ratio']:.3f} "
+              f"(rounds {', '.join(f'{r:.3f}' for r in ratios)})", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
