@@ -12,10 +12,8 @@ time, for a machine shared with other work:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -59,28 +57,11 @@ def make_step(cfg, dropout: str):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="mnist")
-    p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
-    p.add_argument("--seconds", type=float, default=6.0)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="cpu: this process's CPU time with one thread (implies --threads 1)")
-    args = p.parse_args(argv)
-    if args.clock == "cpu":
-        args.threads = 1
-        speed.CLOCK["now"] = time.process_time
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = speed.ab_parser(__doc__.split("\n\n")[0], seconds=6.0, rounds=3).parse_args(argv)
+    speed.set_threads(args)
     cfg = make_config(args.preset)
     steps = {name: make_step(cfg, name) for name in MASKS}
-    rates = {name: [] for name in MASKS}
-    try:
-        for _ in range(args.rounds):
-            for name, step in steps.items():
-                rates[name].append(speed.run_for(step, args.seconds, torch.device("cpu")))
-    finally:
-        speed.CLOCK["now"] = time.perf_counter
+    rates = speed.alternate(steps, args, torch.device("cpu"))
     result = {k: statistics.median(v) for k, v in rates.items()}
     print(f"{args.preset}, {torch.get_num_threads()} threads, {args.clock} clock, images/s (median of "
           f"{args.rounds} rounds): ours {result['ours']:.1f}, rand {result['rand']:.1f} "

@@ -297,6 +297,40 @@ def warm_up(fn: Callable[[], int], device) -> float:
     return CLOCK["now"]() - t0
 
 
+def ab_parser(description: str, *, seconds: float, rounds: int) -> argparse.ArgumentParser:
+    """The options of the A/B scripts (dropout_mask.py, upsample_conv.py): preset, threads, clock, rounds."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--preset", default="mnist")
+    p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
+    p.add_argument("--seconds", type=float, default=seconds, help="seconds per measurement and round")
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: this process's CPU time with one thread (implies --threads 1)")
+    return p
+
+
+def set_threads(args) -> None:
+    """``args.threads`` torch threads; one with ``--clock cpu``."""
+    if args.clock == "cpu":
+        args.threads = 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def alternate(steps: dict[str, Callable[[], int]], args, device) -> dict[str, list[float]]:
+    """Units/s of each step, timed in turn for ``args.rounds`` rounds of ``args.seconds`` on ``args.clock``;
+    the clock is restored afterwards."""
+    CLOCK["now"] = time.process_time if args.clock == "cpu" else time.perf_counter
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    try:
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                rates[name].append(run_for(step, args.seconds, device))
+    finally:
+        CLOCK["now"] = time.perf_counter
+    return rates
+
+
 # --- rows ---------------------------------------------------------------------------------------------------
 
 

@@ -14,10 +14,8 @@ ratios (each round times both forms back to back, so the machine's drift cancels
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -71,29 +69,12 @@ def make_steps(cfg, form: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="mnist")
-    p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="cpu: this process's CPU time with one thread (implies --threads 1)")
-    args = p.parse_args(argv)
-    if args.clock == "cpu":
-        args.threads = 1
-        speed.CLOCK["now"] = time.process_time
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = speed.ab_parser(__doc__.split("\n\n")[0], seconds=4.0, rounds=5).parse_args(argv)
+    speed.set_threads(args)
     cfg = make_config(args.preset)
     forms = {form: make_steps(cfg, form) for form in ("ours", "resize+conv")}
-    rates = {(form, kind): [] for form in forms for kind in ("train", "sample")}
-    try:
-        for _ in range(args.rounds):
-            for kind in ("train", "sample"):
-                for form, steps in forms.items():
-                    rates[form, kind].append(speed.run_for(steps[kind], args.seconds, torch.device("cpu")))
-    finally:
-        speed.CLOCK["now"] = time.perf_counter
+    steps = {(form, kind): forms[form][kind] for kind in ("train", "sample") for form in forms}
+    rates = speed.alternate(steps, args, torch.device("cpu"))
     result = {}
     for kind in ("train", "sample"):
         ratios = [a / b for a, b in zip(rates["ours", kind], rates["resize+conv", kind])]
