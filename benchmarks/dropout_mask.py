@@ -21,7 +21,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (the benchmark's training step)
 
-from ddpm import performance as perf  # noqa: E402
 from ddpm.api import build_model  # noqa: E402
 from ddpm.models.layers import ResBlock  # noqa: E402
 from ddpm.presets import make_config  # noqa: E402
@@ -41,19 +40,13 @@ MASKS = {"ours": None, "rand": RandDropout, "torch": torch.nn.Dropout}
 
 
 def make_step(cfg, dropout: str):
-    device = torch.device("cpu")
     torch.manual_seed(0)
     model = build_model(cfg.model)
     if MASKS[dropout] is not None:
         for m in model.modules():
             if isinstance(m, ResBlock):
                 m.dropout = MASKS[dropout](m.dropout.p)
-    net = perf.Network(model, precision=perf.resolve_precision("auto", device))
-    opt = perf.make_adamw(model.parameters(), lr=cfg.train.lr, weight_decay=0.0,
-                          impl=perf.resolve_adamw_impl("auto", device), device=device)
-    step = speed.train_step_fn(cfg, model, net, opt, cfg.train.batch_size, device)
-    step()  # warm-up
-    return step
+    return speed.ours_train_step(cfg, model)
 
 
 def main(argv=None) -> dict:

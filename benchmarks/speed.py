@@ -194,6 +194,20 @@ def train_step_fn(cfg, module: nn.Module, net: Callable, optimizer, batch: int, 
     return step_fn
 
 
+def ours_train_step(cfg, model: nn.Module, *, precision: str = "auto", memory_format: str = "contiguous",
+                    batch: int | None = None, warm_up_steps: int = 1) -> Callable[[], int]:
+    """``train_step_fn`` of ``model`` on the CPU with our options (precision and AdamW resolved for the
+    CPU), after ``warm_up_steps`` untimed steps: the step the A/B and profile scripts time."""
+    device = torch.device("cpu")
+    perf.to_memory_format(model, memory_format)
+    net = perf.Network(model, precision=perf.resolve_precision(precision, device), memory_format=memory_format)
+    opt = perf.make_adamw(model.parameters(), lr=cfg.train.lr, weight_decay=0.0, impl="auto", device=device)
+    step = train_step_fn(cfg, model, net, opt, batch or cfg.train.batch_size, device)
+    for _ in range(warm_up_steps):
+        step()
+    return step
+
+
 def ours_sample_fn(cfg, model: nn.Module, batch: int, device, options: dict) -> Callable[[], int]:
     """A few reverse steps of ``sample_images`` (Algorithm 2) on a batch; returns network evaluations.
 
@@ -402,10 +416,8 @@ def main(argv=None) -> dict:
     if args.clock == "cpu":
         if device.type != "cpu":
             raise SystemExit("--clock cpu times CPU work; use --clock wall on a GPU")
-        args.threads = 1
         CLOCK["now"] = time.process_time
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     warnings.filterwarnings("ignore", category=FutureWarning)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,16 +52,11 @@ def parse_args(argv=None):
 
 def make_step(args, memory_format: str):
     torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
     cfg = make_config(args.preset)
     torch.manual_seed(0)
-    model = perf.to_memory_format(build_model(cfg.model), memory_format)
-    net = perf.Network(model, precision=perf.resolve_precision(args.precision, device), memory_format=memory_format)
-    opt = perf.make_adamw(model.parameters(), lr=1e-3, weight_decay=0.0, impl="auto", device=device)
     batch = args.batch or cfg.train.batch_size
-    step = speed.train_step_fn(cfg, model, net, opt, batch, device)
-    for _ in range(3):
-        step()
+    step = speed.ours_train_step(cfg, build_model(cfg.model), precision=args.precision,
+                                 memory_format=memory_format, batch=batch, warm_up_steps=3)
     return step, batch
 
 
@@ -82,8 +76,9 @@ def profile_categories(args, memory_format: str) -> dict:
     per_cat, other = collections.Counter(), collections.Counter()
     for event in prof.key_averages():
         ms = event.self_cpu_time_total / 1000 / args.steps
-        per_cat[category(event.key)] += ms
-        if category(event.key) == "other":
+        cat = category(event.key)
+        per_cat[cat] += ms
+        if cat == "other":
             other[event.key] += ms
     total = sum(per_cat.values())
     return {"ms_per_step": total, "images_per_s": batch / total * 1000, "categories": dict(per_cat.most_common()),
@@ -97,7 +92,7 @@ def onednn_account(args, memory_format: str) -> dict:
            "--memory-formats", memory_format, "--threads", str(args.threads), "--steps", str(args.steps)]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ)).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     times = collections.Counter()
     for line in out.splitlines():
         fields = line.split(",")
@@ -141,8 +136,10 @@ def main(argv=None) -> dict:
               "batch": args.batch or make_config(args.preset).train.batch_size, "formats": {}}
     for fmt in args.memory_formats.split(","):
         perf.check_options(memory_format=fmt)
+        print(f"profiling {args.steps} {fmt} steps of {args.preset}...", flush=True)
         r = profile_categories(args, fmt)
         if not args.no_onednn:
+            print(f"oneDNN's account of {args.steps} {fmt} steps...", flush=True)
             r["onednn"] = onednn_account(args, fmt)
         result["formats"][fmt] = r
     out = Path(args.out)

@@ -25,7 +25,6 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (the benchmark's training and sampling steps)
 
-from ddpm import performance as perf  # noqa: E402
 from ddpm.api import build_model  # noqa: E402
 from ddpm.models.layers import Upsample  # noqa: E402
 from ddpm.presets import make_config  # noqa: E402
@@ -52,20 +51,13 @@ def resize_then_conv(model: nn.Module) -> nn.Module:
 
 
 def make_steps(cfg, form: str) -> dict:
-    device = torch.device("cpu")
     torch.manual_seed(0)
     model = build_model(cfg.model)
     if form == "resize+conv":
         resize_then_conv(model)
-    precision = perf.resolve_precision("auto", device)
-    net = perf.Network(model, precision=precision)
-    opt = perf.make_adamw(model.parameters(), lr=cfg.train.lr, weight_decay=0.0, impl="auto", device=device)
-    batch = cfg.train.batch_size
-    steps = {"train": speed.train_step_fn(cfg, model, net, opt, batch, device),
-             "sample": speed.ours_sample_fn(cfg, model, batch, device, {"precision": precision})}
-    for step in steps.values():
-        step()  # warm-up
-    return steps
+    sample = speed.ours_sample_fn(cfg, model, cfg.train.batch_size, torch.device("cpu"), {})
+    sample()  # warm-up
+    return {"train": speed.ours_train_step(cfg, model), "sample": sample}
 
 
 def main(argv=None) -> dict:
