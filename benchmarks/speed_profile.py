@@ -6,7 +6,8 @@ The step is ``benchmarks/speed.py``'s (q_sample, the network, L_simple, backward
 the preset's batch, with ``--precision`` and each ``--memory-formats`` in turn, on one thread by default
 (the ``--clock cpu`` setting of the speed table). ``conv`` sums PyTorch's convolution calls forward and
 backward; the oneDNN lines split that into kernels (by implementation and direction) and ``reorder``,
-the conversions between PyTorch's layout and oneDNN's blocked one.
+the conversions between PyTorch's layout and oneDNN's blocked one. Writes OUT/profile.md, OUT/profile.json
+and OUT/profile.png (a bar per memory format, split by category).
 
     .venv/bin/python benchmarks/speed_profile.py --preset mnist --out bench_out/speed_profile   # ~1 min
 """
@@ -33,7 +34,7 @@ from ddpm.presets import make_config  # noqa: E402
 CATEGORIES = [("convolution", "conv"), ("conv2d", "conv"), ("group_norm", "group norm"), ("silu", "silu"),
               ("uniform_", "random numbers"), ("random_", "random numbers"), ("bernoulli", "random numbers"),
               ("copy_", "copies and casts"), ("_to_copy", "copies and casts"), ("bmm", "attention"),
-              ("softmax", "attention"), ("adam", "optimizer"), ("_foreach", "optimizer and EMA")]
+              ("softmax", "attention"), ("adam", "optimizer"), ("_foreach", "clipping and EMA")]
 
 
 def parse_args(argv=None):
@@ -126,6 +127,27 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict, path: Path) -> Path:
+    """One horizontal bar per memory format, split into the categories' ms per step."""
+    from matplotlib.figure import Figure
+
+    formats = list(result["formats"])
+    cats = sorted({c for r in result["formats"].values() for c in r["categories"]},
+                  key=lambda c: -max(r["categories"].get(c, 0.0) for r in result["formats"].values()))
+    fig = Figure(figsize=(9, max(2.8, 1.0 + 0.6 * len(formats))), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    left = [0.0] * len(formats)
+    for cat in cats:
+        widths = [result["formats"][f]["categories"].get(cat, 0.0) for f in formats]
+        ax.barh(formats, widths, left=left, label=cat)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_xlabel("ms per training step (self CPU time)")
+    ax.set_title(f"{result['preset']}, {result['precision']}, {result['threads']} thread(s), batch {result['batch']}")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.savefig(path)
+    return path
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.onednn_child:
@@ -146,6 +168,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps(result, indent=2))
     (out / "profile.md").write_text(to_markdown(result))
+    plot(result, out / "profile.png")
     print(to_markdown(result))
     return result
 

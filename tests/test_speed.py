@@ -174,6 +174,7 @@ def test_speed_profile_accounts_for_the_step_by_category(tmp_path):
     if onednn:  # oneDNN ran the convolutions and said so
         assert any(k.startswith("convolution") for k in r["onednn"])
     assert "| conv |" in (tmp_path / "profile.md").read_text()
+    assert (tmp_path / "profile.png").stat().st_size > 0
 
 
 def test_upsample_benchmark_compares_the_same_function_both_ways():
