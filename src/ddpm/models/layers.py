@@ -37,9 +37,8 @@ class Dropout(nn.Dropout):
     CPU ``bernoulli_`` (and ``uniform_``) spend a Mersenne-Twister draw and a float conversion on each
     unit. A bf16 training step of the mnist preset on a 2-core EPYC: 164.3 images/s against 153.2 with a
     mask from ``torch.rand`` (1.07x) and 145.9 with ``nn.Dropout`` (1.13x) on 2 threads; 92.5 against 90.6
-    (1.02x) on one (``benchmarks/dropout_mask.py``, medians of 5 rounds); the mask of a 64x32x28x28
-    activation took 5.7 ms instead of 9.2 (forward and backward, one thread). The default generator draws
-    the bits, so ``torch.manual_seed`` fixes the masks. On other devices: ``nn.Dropout``'s fused kernel."""
+    (1.02x) on one (``benchmarks/dropout_mask.py``, medians of 5 rounds). The default generator draws the
+    bits, so ``torch.manual_seed`` fixes the masks. On other devices: ``nn.Dropout``'s fused kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu":
@@ -157,9 +156,9 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     as one 2x2 convolution of the low-resolution input with four output phases (the sub-pixel form of a
     resize-convolution): 16 (H + 1)(W + 1) instead of 36 HW multiply-adds per channel pair, 0.51x at 14x14.
 
-    The same function (equal up to floating-point summation order). A bf16 forward of the mnist preset's
-    14x14 -> 28x28 upsampling (64 channels, batch 64) took 14.2 ms instead of 41.7, forward and backward 48.8
-    instead of 102.7 (one thread of a 2-core EPYC).
+    The same function (equal up to floating-point summation order). On one thread of a 2-core EPYC it made
+    the mnist preset's bf16 training step 1.04x and its sampling step 1.07x as fast
+    (``benchmarks/upsample_conv.py``).
     """
     n, _, h, w = x.shape
     o = weight.shape[0]
