@@ -1,15 +1,31 @@
-"""ddpm: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020) and what grew out of them."""
+"""ddpm: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020) and what grew out of them.
 
-from ddpm.api import Run, build_model, build_schedule, load_run, sample_images
-from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+Everything the practical needs, bottom-up (each layer imports only the ones above it in this list):
+
+    schedules and the forward process     make_schedule, Schedule, extract, q_sample, q_posterior
+    configs                               RunConfig, ModelConfig, DiffusionConfig, TrainConfig, RuntimeConfig
+    the network                           UNet
+    denoiser and samplers                 Denoiser, sample_ancestral, sample_ddim, sample_dpmpp_2m, SAMPLERS
+    the pipeline                          load_run, Run (.sample, .steps), SamplingOptions, GuidanceOptions
+    training                              train, train_step, TrainState
+"""
+
+from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig
 from ddpm.diffusion.process import q_posterior, q_sample
 from ddpm.diffusion.schedule import Schedule, extract, make_schedule
 from ddpm.errors import UserError
 from ddpm.models.unet import UNet
+from ddpm.pipeline import GuidanceOptions, Run, SamplingOptions, build_model, build_schedule, load_run
+from ddpm.presets import make_config
+from ddpm.sampling import SAMPLERS, Step, sample_ancestral, sample_ddim, sample_dpmpp_2m, sample_dpmpp_2m_sde
+from ddpm.sampling.denoiser import Denoiser, Prediction
+from ddpm.training.loop import train
+from ddpm.training.step import TrainState, train_step
 
 __all__ = [
-    "DiffusionConfig", "ModelConfig", "Run", "RunConfig", "Schedule", "TrainConfig", "UNet", "UserError",
-    "build_model", "build_schedule", "extract", "load_run", "make_schedule", "q_posterior", "q_sample",
-    "sample_images",
+    "SAMPLERS", "Denoiser", "DiffusionConfig", "GuidanceOptions", "ModelConfig", "Prediction", "Run", "RunConfig",
+    "RuntimeConfig", "SamplingOptions", "Schedule", "Step", "TrainConfig", "TrainState", "UNet", "UserError",
+    "build_model", "build_schedule", "extract", "load_run", "make_config", "make_schedule", "q_posterior", "q_sample",
+    "sample_ancestral", "sample_ddim", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "train", "train_step",
 ]
 __version__ = "0.1.0"

@@ -1,6 +1,9 @@
-"""Typed configuration: the model, the diffusion and the training run, saved as JSON in every checkpoint.
+"""Typed configuration: the model, the diffusion, the training run and the runtime, saved as JSON in every
+checkpoint.
 
-A run is fully described by a ``RunConfig``; loading a checkpoint needs nothing else.
+A run is fully described by a ``RunConfig``; loading a checkpoint needs nothing else. Each field carries
+its help text, and named options are ``Literal`` types, so the CLI derives its flags and choices from
+these classes (``ddpm.cli._common.add_config_flags``) instead of restating them.
 """
 
 from __future__ import annotations
@@ -10,71 +13,107 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from ddpm.diffusion.likelihood import LEARNED_VARIANCES, VARIANCES
+from ddpm.diffusion.losses import LOSSES
+from ddpm.diffusion.parametrization import PREDICTIONS
+from ddpm.diffusion.schedule import SCHEDULES
+from ddpm.diffusion.timestep_sampler import TIMESTEP_SAMPLERS
 from ddpm.errors import UserError
+from ddpm.runtime import ADAMW_IMPLS, COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
+
+# Named options are Literal types built from the registries of the code they name, so a new schedule,
+# loss or precision appears in configs, their checks and every CLI flag at once (``ddpm.cli._common``).
+ScheduleName = Literal[SCHEDULES]
+PredictionName = Literal[PREDICTIONS]
+VarianceName = Literal[VARIANCES]
+LossName = Literal[tuple(LOSSES)]
+TimestepSamplerName = Literal[TIMESTEP_SAMPLERS]
+PrecisionName = Literal[PRECISIONS]
+MemoryFormatName = Literal[MEMORY_FORMATS]
+CompileModeName = Literal[COMPILE_MODES]
+AdamWImplName = Literal[ADAMW_IMPLS]
+
+
+def doc(default, help: str):
+    """A dataclass field with its ``help``: the text of the CLI flag derived from it."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ModelConfig:
     """The U-Net noise predictor. It knows image shapes and channels, never the diffusion."""
 
-    image_size: tuple[int, int] = (8, 8)
-    in_channels: int = 1
-    out_channels: int = 1
-    base_channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (4,)
-    num_heads: int = 4
-    dropout: float = 0.1
-    resblock_conditioning: str = "scale_shift"  # "scale_shift" (AdaGN) | "additive" (Ho et al.)
-    norm_groups: int = 32
-    num_classes: int | None = None  # class-conditional when set; index num_classes means "no label"
+    image_size: tuple[int, int] = doc((8, 8), "height, width")
+    in_channels: int = doc(1, "image channels (1 grey, 3 RGB)")
+    out_channels: int = doc(1, "output channels (derived: twice in_channels for a learned variance)")
+    base_channels: int = doc(64, "channels of the first level")
+    channel_mult: tuple[int, ...] = doc((1, 2), "channel multiplier per level")
+    num_res_blocks: int = doc(2, "ResNet blocks per level")
+    attention_resolutions: tuple[int, ...] = doc((4,), "resolutions with self-attention")
+    num_heads: int = doc(4, "attention heads")
+    dropout: float = doc(0.1, "dropout in the ResNet blocks")
+    resblock_conditioning: Literal["scale_shift", "additive"] = doc(
+        "scale_shift", "time conditioning: scale_shift (AdaGN) or additive (Ho et al.)")
+    norm_groups: int = doc(32, "GroupNorm groups")
+    num_classes: int | None = doc(None, "class-conditional when set; index num_classes means 'no label'")
 
 
 @dataclass
 class DiffusionConfig:
-    schedule: str = "linear"  # "linear" | "cosine"
-    timesteps: int = 1000
-    prediction: str = "eps"  # "eps" | "x0" | "v"
+    schedule: ScheduleName = doc("linear", "variance schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)")
+    timesteps: int = doc(1000, "T, the number of diffusion steps")
+    prediction: PredictionName = doc("eps", "what the network predicts: eps, x0 or v")
     # Reverse-process variance: fixed "beta" | "beta_tilde" (Ho et al.), or output by the network:
     # "learned" (a log-variance) | "learned_range" (Improved DDPM Eq. 15); see ``derive``.
-    variance: str = "beta"
-    loss: str = "simple"  # "simple" (Ho et al. Eq. 14) | "hybrid" (Improved DDPM Eq. 16) | "vlb"
-    timestep_sampler: str = "uniform"  # "uniform" | "loss_aware" (Improved DDPM §3.3; "vlb" implies it)
-    clip_x0: bool = True  # clip the predicted x0 to [-1, 1] when sampling images (off for latents)
+    variance: VarianceName = doc("beta", "reverse-process variance: fixed (Ho et al.) or output by the network "
+                             "(Improved DDPM)")
+    loss: LossName = doc("simple", "simple: L_simple | hybrid: L_simple + 0.001 L_vlb (needs a learned variance) | "
+                     "vlb: L_vlb with loss-aware t")
+    timestep_sampler: TimestepSamplerName = doc("uniform", "how t is drawn: uniform, or loss_aware (Improved DDPM "
+                                            "§3.3; vlb implies it)")
+    clip_x0: bool = doc(True, "clip the predicted x0 to [-1, 1] when sampling (off for latents)")
 
 
 @dataclass
 class TrainConfig:
-    data: str = "digits"
-    data_dir: str | None = None
-    skip_bad_images: bool = False  # leave unreadable images out (with a warning) instead of stopping
-    steps: int = 6000
-    batch_size: int = 128
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    lr_decay: str = "cosine"  # "constant" | "cosine" (to lr_min_ratio * lr at the last step)
-    lr_min_ratio: float = 0.05
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 50
-    sample_every: int = 1000
-    checkpoint_every: int = 1000
-    num_sample_images: int = 64
+    data: str = doc("digits", "digits | mnist | fashion-mnist | cifar10 | a folder of images | hf:NAME[:SPLIT]")
+    data_dir: str | None = doc(None, "folder holding a named set's original files (MNIST IDX files, CIFAR-10 "
+                               "batches); without it they are downloaded")
+    skip_bad_images: bool = doc(False, "leave unreadable images out with a warning instead of stopping")
+    steps: int = doc(6000, "optimisation steps")
+    batch_size: int = doc(128, "images per step")
+    lr: float = doc(1e-3, "peak learning rate (AdamW)")
+    warmup_steps: int = doc(200, "steps of linear learning-rate warm-up")
+    lr_decay: Literal["constant", "cosine"] = doc("cosine", "after warm-up: constant, or cosine down to "
+                                                  "lr_min_ratio * lr at the last step")
+    lr_min_ratio: float = doc(0.05, "the cosine decay's floor, as a share of lr")
+    weight_decay: float = doc(0.0, "AdamW weight decay")
+    grad_clip: float = doc(1.0, "clip the gradient norm to this (0: off)")
+    ema_decay: float = doc(0.999, "decay of the weights' exponential moving average (the sampling model)")
+    seed: int = doc(0, "seed of every random draw of the run")
+    log_every: int = doc(50, "steps between log lines")
+    sample_every: int = doc(1000, "steps between sample grids (0: only at the end)")
+    checkpoint_every: int = doc(1000, "steps between checkpoints")
+    num_sample_images: int = doc(64, "images in each sample grid")
     # Class-conditional models (model.num_classes set): the share of labels replaced by the "no label"
     # index each step, so one network also learns eps(x_t, none) for classifier-free guidance
     # (Ho & Salimans 2022, Algorithm 1: p_uncond = 0.1 or 0.2).
-    p_uncond: float = 0.1
-    # Speed options (``ddpm.performance``; "auto" picks per device what measured fastest there):
-    precision: str = "auto"  # "auto" | "fp32" | "bf16" (autocast, fp32 master weights and loss)
-    memory_format: str = "auto"  # "auto" | "contiguous" | "channels_last"
-    compile: str = "auto"  # "auto" | "none" | "default" | "reduce-overhead" | "max-autotune" (torch.compile)
-    adamw_impl: str = "auto"  # "auto" | "fused" | "foreach" | "for-loop"
+    p_uncond: float = doc(0.1, "share of labels replaced by 'no label' (conditional models)")
+    adamw_impl: AdamWImplName = doc("auto", "AdamW implementation (auto: fused where PyTorch has the kernel)")
+
+
+@dataclass
+class RuntimeConfig:
+    """How the network runs (``ddpm.runtime``): saved with the run, overridable when sampling."""
+
+    device: str = doc("auto", "auto | cpu | cuda | cuda:N")
+    precision: PrecisionName = doc("auto", "network arithmetic: bf16 autocast with fp32 weights, or fp32 (auto: bf16 "
+                               "where the device has native bf16)")
+    memory_format: MemoryFormatName = doc("auto", "tensor layout (auto: contiguous)")
+    compile: CompileModeName = doc("auto", "torch.compile mode (auto: none on CPU; on CUDA default for training, "
+                               "reduce-overhead (CUDA graphs) for sampling)")
 
 
 @dataclass
@@ -82,6 +121,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     preset: str = "digits"
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,15 +132,17 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        return _build(cls, d, "config")
+        return _build(cls, _upgrade(d), "config")
 
 
-LEARNED_VARIANCES = ("learned", "learned_range")
-# The speed options' names (TrainConfig fields; chosen per device in ``ddpm.performance``).
-PRECISIONS = ("auto", "fp32", "bf16")
-MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
-ADAMW_IMPLS = ("auto", "fused", "foreach", "for-loop")
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before the runtime section existed: its device and speed options were train fields."""
+    if not isinstance(d, dict) or not isinstance(d.get("train"), dict) or "runtime" in d:
+        return d
+    names = [f.name for f in dataclasses.fields(RuntimeConfig)]
+    moved = {k: d["train"][k] for k in names if k in d["train"]}
+    train = {k: v for k, v in d["train"].items() if k not in moved}
+    return {**d, "train": train, "runtime": moved}
 
 
 def derive(cfg: RunConfig) -> RunConfig:
@@ -131,6 +173,8 @@ def _build(cls, d: dict[str, Any], where: str):
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, f"{where}.{name}")
+        elif get_origin(hint) is Literal and value not in get_args(hint):
+            raise UserError(f"unknown {where}.{name} {value!r}; choose one of {', '.join(map(str, get_args(hint)))}")
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
         else:

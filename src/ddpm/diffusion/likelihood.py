@@ -20,11 +20,11 @@ import math
 
 import torch
 
-from ddpm.config import LEARNED_VARIANCES
 from ddpm.diffusion.parametrization import eps_from_x0, to_eps_x0
 from ddpm.diffusion.process import q_posterior
 from ddpm.diffusion.schedule import Schedule, extract
 
+LEARNED_VARIANCES = ("learned", "learned_range")  # the network outputs them (a second block of channels)
 VARIANCES = ("beta", "beta_tilde", *LEARNED_VARIANCES)
 LN2 = math.log(2.0)
 

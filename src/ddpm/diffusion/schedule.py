@@ -12,6 +12,8 @@ the step at ``t = 0`` returns the model's mean without noise (Algorithm 2's ``z 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -116,11 +118,26 @@ class Schedule:
 
     def to(self, device: torch.device | str) -> "Schedule":
         """The same tables (still float64) on ``device``, so lookups in a hot loop copy nothing."""
-        return Schedule(**{k: v.to(device) for k, v in self.__dict__.items()})
+        return Schedule(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+
+    @functools.cached_property
+    def host(self) -> "HostTables":
+        """The tables samplers read once per step, as Python floats: no device work, no host-device sync."""
+        return HostTables(self.alphas_cumprod.tolist(), self.sqrt_alphas_cumprod.tolist(),
+                          self.sqrt_one_minus_alphas_cumprod.tolist())
 
     def log_snr(self) -> torch.Tensor:
         """log(alpha-bar_t / (1 - alpha-bar_t)), the log signal-to-noise ratio."""
         return self.alphas_cumprod.log() - (1.0 - self.alphas_cumprod).log()
+
+
+@dataclass(frozen=True)
+class HostTables:
+    """``Schedule.host``: alpha-bar_t, sqrt(alpha-bar_t) and sqrt(1 - alpha-bar_t) as lists of floats."""
+
+    alphas_cumprod: list[float]
+    sqrt_alphas_cumprod: list[float]
+    sqrt_one_minus_alphas_cumprod: list[float]
 
 
 def make_schedule(name: str = "linear", num_timesteps: int = 1000) -> Schedule:

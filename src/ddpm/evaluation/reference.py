@@ -25,7 +25,7 @@ from ddpm.data.datasets import ImageDataset
 from ddpm.evaluation.classifier import Classifier, ClassifierTrainConfig, load_classifier, save_classifier, train_classifier
 from ddpm.evaluation.features import ClassifierExtractor, FeatureExtractor, extract
 from ddpm.evaluation.metrics import FidReference
-from ddpm.training.checkpoint import atomic_write
+from ddpm.io import atomic_write
 
 CACHE_ENV = "DDPM_CACHE"
 REFERENCE_FORMAT = "ddpm-reference-1"

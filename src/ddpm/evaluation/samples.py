@@ -9,26 +9,25 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ddpm.api import sample_images
 from ddpm.data.datasets import to_unit_range
 from ddpm.errors import UserError
+from ddpm.pipeline import Run
 from ddpm.sampling.noise import seed_generators
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def generate_samples(model, cfg, n: int, *, seed: int = 0, batch_size: int = 256, device=None,
-                     sampler: str = "ancestral", steps: int | None = None, progress: bool = True,
+def generate_samples(run: Run, n: int, *, seed: int = 0, batch_size: int = 256, progress: bool = True, y=None,
                      **options) -> torch.Tensor:
     """n samples (n, C, H, W) in [-1, 1] on the CPU; sample i is drawn from seed ``seed + i`` alone, as in
-    ``ddpm sample``, so the set does not depend on the batch size."""
+    ``ddpm sample``, so the set does not depend on the batch size. ``y``: one class (an int) or (n,) labels;
+    ``options`` are ``Run.sample``'s (``sampling``, ``guidance``, ``runtime``)."""
     out = []
     for start in tqdm(range(0, n, batch_size), desc="generating", unit="batch", disable=not progress):
         count = min(batch_size, n - start)
         gens = seed_generators(range(seed + start, seed + start + count))
-        x = sample_images(model, cfg, count, generator=gens, device=device, sampler=sampler, steps=steps,
-                          progress=False, **options)
-        out.append(x.float().cpu())
+        labels = y if y is None or isinstance(y, int) else y[start:start + count]
+        out.append(run.sample(count, generator=gens, progress=False, y=labels, **options).float().cpu())
     return torch.cat(out)
 
 

@@ -1,4 +1,9 @@
-"""A noise-aware classifier p(y | x_t, t) for classifier guidance (Dhariwal & Nichol 2021, §4).
+"""The two classifiers: a small CNN of clean images (its penultimate layer is the feature space of the
+classifier FID, ``ddpm.evaluation.classifier`` trains it) and a noise-aware one, p(y | x_t, t), for
+classifier guidance (Dhariwal & Nichol 2021, §4; ``ddpm.training.noisy_classifier`` trains it). Both are
+saved as PATH/classifier.safetensors + PATH/classifier.json; the format tag in the metadata tells them apart.
+
+The noisy classifier:
 
 ``NoisyClassifier(config)(x_t, t) -> logits``: the downsampling half and the middle of the U-Net of
 ``ddpm.models.unet``, conditioned on the timestep the same way (sinusoidal embedding, MLP, AdaGN or
@@ -11,6 +16,8 @@ enough at 8x8-28x28). Its architecture is a ``ModelConfig`` with ``num_classes``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +26,63 @@ from ddpm.config import ModelConfig
 from ddpm.errors import UserError
 from ddpm.models.layers import Attention, Downsample, ResBlock, group_norm, timestep_embedding
 from ddpm.models.unet import _run, check_model_config
+
+WEIGHTS = "classifier.safetensors"
+INFO = "classifier.json"
+CLEAN_FORMAT = "ddpm-classifier-1"
+NOISY_FORMAT = "ddpm-noisy-classifier-1"
+
+
+@dataclass
+class ClassifierConfig:
+    """Architecture: ``len(widths)`` stages of two 3x3 convs, each stage but the last halving the size
+    while it is at least ``min_size`` * 2; global average pooling; a ``feature_dim`` layer (the
+    features); a linear head."""
+
+    in_channels: int = 1
+    image_size: tuple[int, int] = (8, 8)
+    num_classes: int = 10
+    widths: tuple[int, ...] = ()  # () picks by size: (32, 64) up to 8 px (digits), (32, 64, 128) above
+    feature_dim: int = 128
+    min_size: int = 4
+    dropout: float = 0.1
+
+
+
+class Classifier(nn.Module):
+    def __init__(self, cfg: ClassifierConfig):
+        super().__init__()
+        if not cfg.widths:
+            raise ValueError("ClassifierConfig.widths is empty; build configs with config_for(data)")
+        self.config = cfg
+        layers: list[nn.Module] = []
+        c, size = cfg.in_channels, min(cfg.image_size)
+        for i, w in enumerate(cfg.widths):
+            layers += [nn.Conv2d(c, w, 3, padding=1), nn.GroupNorm(min(8, w), w), nn.SiLU(),
+                       nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(min(8, w), w), nn.SiLU()]
+            c = w
+            if i < len(cfg.widths) - 1 and size >= 2 * cfg.min_size:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+        self.body = nn.Sequential(*layers)
+        self.embed = nn.Sequential(nn.Linear(c, cfg.feature_dim), nn.SiLU())
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.feature_dim, cfg.num_classes)
+
+    @property
+    def num_features(self) -> int:
+        return self.config.feature_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer features (N, feature_dim) of images (N, C, H, W) in [-1, 1]."""
+        return self.embed(self.body(x).mean(dim=(2, 3)))
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.features(x))
+
 
 
 class NoisyClassifier(nn.Module):

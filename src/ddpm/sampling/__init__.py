@@ -1,24 +1,60 @@
-"""Samplers: stateless functions over a denoiser with one shared signature
+"""Samplers: stateless functions over a denoiser with one shared signature.
+
+Each sampler is a generator of steps (``ddpm.sampling.steps``),
+
+    X_steps(denoise, x_T, schedule, timesteps, *, generator=None, **options) -> Iterator[Step]
+
+and a function that runs it to the end,
 
     sample_X(denoise, x_T, schedule, timesteps=None, *, generator=None, callback=None, progress=True, **options)
 
 ``denoise(x_t, t) -> Prediction(eps, x0)``; ``timesteps`` is a descending grid of 0-based training
-steps starting at T-1 (``ddpm.sampling.grids``). ``SAMPLERS`` maps CLI names to these functions.
+steps starting at T-1 (``ddpm.sampling.grids``). ``SAMPLERS`` is the registry every caller reads (the
+pipeline, each CLI sub-command's ``--sampler``): a new entry appears everywhere at once.
 """
 
-from ddpm.sampling.ancestral import sample_ancestral
-from ddpm.sampling.ddim import ddim_invert, sample_ddim
-from ddpm.sampling.dpm_solver import sample_dpmpp_2m, sample_dpmpp_2m_sde
+from __future__ import annotations
 
-SAMPLERS = {"ancestral": sample_ancestral, "ddim": sample_ddim, "dpm++2m": sample_dpmpp_2m,
-            "dpm++2m-sde": sample_dpmpp_2m_sde}
-# The grid each sampler gets when none is named. Lu et al. (2022) suggest uniform log-SNR for DPM-Solver
-# on small pixel-space models, and it wins on a single-Gaussian toy, but on a trained digits model (4000
-# steps, linear schedule) uniform t put DPM-Solver++(2M) closer to the 1000-step ODE solution at 10-50
-# calls (RMS 0.078 / 0.034 / 0.008 against 0.096 / 0.037 / 0.010): real data decide their modes at
-# mid noise, where log-SNR spacing puts few steps. DDIM takes the trailing grid: its last call returns
-# x0_hat, which on a grid ending at t = 0 is a call spent where x is already clean. With 10 calls on the
-# digits model of benchmarks/quality.py (3,000 samples, benchmarks/fast_sampling.py) the trailing grid
-# scored classifier-FID 0.298 ± 0.105 against 0.414 ± 0.129 for the even one (diffusers' trailing DDIM:
-# 0.267 ± 0.096).
-DEFAULT_GRIDS = {"ancestral": "even", "ddim": "trailing", "dpm++2m": "even", "dpm++2m-sde": "even"}
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from ddpm.diffusion.schedule import Schedule
+from ddpm.sampling.ancestral import ancestral_steps, sample_ancestral
+from ddpm.sampling.ddim import ddim_invert, ddim_steps, sample_ddim
+from ddpm.sampling.dpm_solver import dpmpp_2m_sde_steps, dpmpp_2m_steps, sample_dpmpp_2m, sample_dpmpp_2m_sde
+from ddpm.sampling.steps import Step, run
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registry entry: the step generator, the grid it gets when none is named, and the options it
+    takes beyond the shared signature (``SamplingOptions`` refuses the others)."""
+
+    steps: Callable[..., Iterator[Step]]
+    default_grid: str
+    options: tuple[str, ...]
+    description: str
+
+    def __call__(self, denoise, x_T: torch.Tensor, schedule: Schedule, timesteps: Sequence[int] | None = None, *,
+                 callback: Callable | None = None, progress: bool = True, **options) -> torch.Tensor:
+        """The sample after the last step (``ddpm.sampling.steps.run``)."""
+        return run(self.steps, denoise, x_T, schedule, timesteps, callback=callback, progress=progress, **options)
+
+
+# Default grids. DDIM takes the trailing grid: its last call returns x0_hat, which on a grid ending at
+# t = 0 is a call spent where x is already clean. DPM-Solver++ takes uniform t although Lu et al. (2022)
+# suggest uniform log-SNR for small pixel-space models: real data decide their modes at mid noise, where
+# log-SNR spacing puts few steps. benchmarks/fast_sampling.py compares the grids (benchmarks/README.md).
+SAMPLERS: dict[str, Sampler] = {
+    "ancestral": Sampler(ancestral_steps, "even", ("variance",), "Algorithm 2 of Ho et al. (2020)"),
+    "ddim": Sampler(ddim_steps, "trailing", ("eta",), "DDIM (Song et al. 2021); eta 0 is deterministic"),
+    "dpm++2m": Sampler(dpmpp_2m_steps, "even", (), "DPM-Solver++(2M) (Lu et al. 2022), an ODE solver"),
+    "dpm++2m-sde": Sampler(dpmpp_2m_sde_steps, "even", (), "SDE-DPM-Solver++(2M), its stochastic form"),
+}
+DEFAULT_GRIDS = {name: s.default_grid for name, s in SAMPLERS.items()}
+
+__all__ = ["DEFAULT_GRIDS", "SAMPLERS", "Sampler", "Step", "ancestral_steps", "ddim_invert", "ddim_steps",
+           "dpmpp_2m_sde_steps", "dpmpp_2m_steps", "sample_ancestral", "sample_ddim", "sample_dpmpp_2m",
+           "sample_dpmpp_2m_sde"]

@@ -9,21 +9,25 @@ A learned variance (Improved DDPM Eq. 15) interpolates between that grid's beta'
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ddpm.diffusion.likelihood import VARIANCES, model_log_variance
 from ddpm.diffusion.schedule import Schedule
-from ddpm.sampling.grids import timestep_grid
 from ddpm.sampling.noise import Generators, randn
+from ddpm.sampling.steps import Step, run
 
 
 def grid_step_coefficients(schedule: Schedule, t: int, t_prev: int | None) -> dict[str, float]:
-    """Posterior coefficients of one step t -> t_prev (None: the end, alpha-bar_prev = 1)."""
-    abar = float(schedule.alphas_cumprod[t])
-    abar_prev = 1.0 if t_prev is None else float(schedule.alphas_cumprod[t_prev])
+    """Posterior coefficients of one step t -> t_prev (None: the end, alpha-bar_prev = 1).
+
+    Ho et al. Eq. 7 with the grid's own beta' = 1 - alpha-bar_t / alpha-bar_prev, in Python floats; on
+    the full grid these are the schedule's ``posterior_mean_coef1/2`` and ``posterior_variance`` tables
+    (which training and the likelihood look up per example), to float64 round-off.
+    """
+    abar = schedule.host.alphas_cumprod[t]
+    abar_prev = 1.0 if t_prev is None else schedule.host.alphas_cumprod[t_prev]
     beta = 1.0 - abar / abar_prev
     return {
         "coef_x0": beta * abar_prev**0.5 / (1.0 - abar),
@@ -34,18 +38,9 @@ def grid_step_coefficients(schedule: Schedule, t: int, t_prev: int | None) -> di
 
 
 @torch.inference_mode()
-def sample_ancestral(
-    denoise,
-    x_T: torch.Tensor,
-    schedule: Schedule,
-    timesteps: list[int] | None = None,
-    *,
-    variance: str = "beta",
-    generator: Generators = None,
-    callback: Callable | None = None,
-    progress: bool = True,
-) -> torch.Tensor:
-    """Run the reverse process from x_T; ``callback(i, t, x_t, prediction)`` sees every step.
+def ancestral_steps(denoise, x_T: torch.Tensor, schedule: Schedule, timesteps: Sequence[int], *,
+                    variance: str = "beta", generator: Generators = None) -> Iterator[Step]:
+    """The reverse process from x_T down ``timesteps``, one ``Step`` per network call.
 
     ``variance`` picks sigma_t^2 = beta_t (``"beta"``) or beta-tilde_t (``"beta_tilde"``), Ho et al.'s
     choices, or the network's own (``"learned"``, ``"learned_range"``: the denoiser's
@@ -54,20 +49,27 @@ def sample_ancestral(
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}")
-    timesteps = timestep_grid(schedule.num_timesteps) if timesteps is None else list(timesteps)
     x = x_T
-    for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress, leave=False)):
+    for i, t in enumerate(timesteps):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
         c = grid_step_coefficients(schedule, t, t_prev)
         pred = denoise(x, t)
-        if callback is not None:
-            callback(i, t, x, pred)
         mean = c["coef_x0"] * pred.x0 + c["coef_xt"] * x
         if t_prev is None:
-            x = mean
+            x_next = mean
         elif variance in ("beta", "beta_tilde"):
-            x = mean + c[variance] ** 0.5 * randn(x.shape, generator, x.device, x.dtype)
+            x_next = mean + c[variance] ** 0.5 * randn(x.shape, generator, x.device, x.dtype)
         else:
             log_var = model_log_variance(pred.variance, variance, math.log(c["beta"]), math.log(c["beta_tilde"]))
-            x = mean + torch.exp(0.5 * log_var) * randn(x.shape, generator, x.device, x.dtype)
-    return x
+            x_next = mean + torch.exp(0.5 * log_var) * randn(x.shape, generator, x.device, x.dtype)
+        yield Step(i, t, x, pred, x_next)
+        x = x_next
+
+
+def sample_ancestral(denoise, x_T: torch.Tensor, schedule: Schedule, timesteps: Sequence[int] | None = None, *,
+                     variance: str = "beta", generator: Generators = None, callback: Callable | None = None,
+                     progress: bool = True) -> torch.Tensor:
+    """Algorithm 2 from x_T (all T steps when ``timesteps`` is None); ``callback(i, t, x_t, prediction)``
+    sees every step. See ``ancestral_steps``."""
+    return run(ancestral_steps, denoise, x_T, schedule, timesteps, callback=callback, progress=progress,
+               desc="sampling", variance=variance, generator=generator)

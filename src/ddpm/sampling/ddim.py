@@ -13,14 +13,14 @@ Algorithm 2 with sigma^2 = beta-tilde. The grid ends at t = 0 and the call there
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ddpm.diffusion.schedule import Schedule
-from ddpm.sampling.grids import timestep_grid
 from ddpm.sampling.noise import Generators, randn
+from ddpm.sampling.steps import Step, grid_or_full, run
 
 
 def ddim_sigma(abar: float, abar_prev: float, eta: float) -> float:
@@ -29,43 +29,40 @@ def ddim_sigma(abar: float, abar_prev: float, eta: float) -> float:
 
 
 @torch.inference_mode()
-def sample_ddim(
-    denoise,
-    x_T: torch.Tensor,
-    schedule: Schedule,
-    timesteps: list[int] | None = None,
-    *,
-    eta: float = 0.0,
-    generator: Generators = None,
-    callback: Callable | None = None,
-    progress: bool = True,
-) -> torch.Tensor:
-    """DDIM sampling (Song et al. 2021, Eq. 12) from x_T down the descending ``timesteps`` grid.
+def ddim_steps(denoise, x_T: torch.Tensor, schedule: Schedule, timesteps: Sequence[int], *, eta: float = 0.0,
+               generator: Generators = None) -> Iterator[Step]:
+    """DDIM (Song et al. 2021, Eq. 12) from x_T down the descending ``timesteps`` grid, one ``Step`` per call.
 
-    One network call per grid point; ``callback(i, t, x_t, prediction)`` sees each. With ``eta > 0``
-    every step but the last draws one ``randn`` of x's shape from ``generator``, in the same order as
-    ``sample_ancestral``, so DDIM(eta=1) on the full grid reproduces it draw for draw.
+    With ``eta > 0`` every step but the last draws one ``randn`` of x's shape from ``generator``, in the
+    same order as ``ancestral_steps``, so DDIM(eta=1) on the full grid reproduces it draw for draw.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    timesteps = timestep_grid(schedule.num_timesteps) if timesteps is None else list(timesteps)
-    abars = schedule.alphas_cumprod.tolist()
+    abars = schedule.host.alphas_cumprod
     x = x_T
-    for i, t in enumerate(tqdm(timesteps, desc="ddim", disable=not progress, leave=False)):
+    for i, t in enumerate(timesteps):
         pred = denoise(x, t)
-        if callback is not None:
-            callback(i, t, x, pred)
         if i + 1 == len(timesteps):
-            x = pred.x0  # alpha-bar of the end point is 1: Eq. 12 gives x0_hat
-            break
+            yield Step(i, t, x, pred, pred.x0)  # alpha-bar of the end point is 1: Eq. 12 gives x0_hat
+            return
         abar, abar_prev = abars[t], abars[timesteps[i + 1]]
         sigma = ddim_sigma(abar, abar_prev, eta)
         # max(0, .) only guards round-off: sigma^2 <= 1 - abar' for eta <= 1.
         dir_coef = max(0.0, 1.0 - abar_prev - sigma**2) ** 0.5
-        x = abar_prev**0.5 * pred.x0 + dir_coef * pred.eps
+        x_next = abar_prev**0.5 * pred.x0 + dir_coef * pred.eps
         if sigma > 0:
-            x = x + sigma * randn(x.shape, generator, x.device, x.dtype)
-    return x
+            x_next = x_next + sigma * randn(x.shape, generator, x.device, x.dtype)
+        yield Step(i, t, x, pred, x_next)
+        x = x_next
+
+
+def sample_ddim(denoise, x_T: torch.Tensor, schedule: Schedule, timesteps: Sequence[int] | None = None, *,
+                eta: float = 0.0, generator: Generators = None, callback: Callable | None = None,
+                progress: bool = True) -> torch.Tensor:
+    """DDIM sampling to the end (all T steps when ``timesteps`` is None); ``callback(i, t, x_t, prediction)``
+    sees each network call. See ``ddim_steps``."""
+    return run(ddim_steps, denoise, x_T, schedule, timesteps, callback=callback, progress=progress, desc="ddim",
+               eta=eta, generator=generator)
 
 
 @torch.inference_mode()
@@ -88,9 +85,8 @@ def ddim_invert(
     round trip invert -> sample err only by how eps changes with x over a step, not with t.
     ``callback(i, t, x, prediction)`` sees each call.
     """
-    timesteps = timestep_grid(schedule.num_timesteps) if timesteps is None else list(timesteps)
-    ascending = timesteps[::-1]
-    abars = schedule.alphas_cumprod.tolist()
+    ascending = grid_or_full(schedule, timesteps)[::-1]
+    abars = schedule.host.alphas_cumprod
     x = x0
     abar_from = 1.0
     for i, t in enumerate(tqdm(ascending, desc="ddim inversion", disable=not progress, leave=False)):

@@ -39,15 +39,20 @@ class Denoiser:
         self.prediction = prediction
         self.clip_x0 = clip_x0
         self.y = y
-        # Python floats: the per-step coefficients cost no device work and no host-device sync.
-        self._a = schedule.sqrt_alphas_cumprod.tolist()
-        self._s = schedule.sqrt_one_minus_alphas_cumprod.tolist()
+
+    @staticmethod
+    def timestep_batch(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """The (N,) long tensor of ``t`` the network takes."""
+        return torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
 
     def __call__(self, x_t: torch.Tensor, t: int) -> Prediction:
-        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        out = self.model(x_t, tt) if self.y is None else self.model(x_t, tt, self.y)
+        tt = self.timestep_batch(x_t, t)
+        return self.convert(self.model(x_t, tt) if self.y is None else self.model(x_t, tt, self.y), x_t, t)
+
+    def convert(self, out: torch.Tensor, x_t: torch.Tensor, t: int) -> Prediction:
+        """The Prediction implied by a network output at (x_t, t): the one conversion every wrapper shares."""
         out, var_out = split_output(out.float(), self.variance)
-        a, s = self._a[t], self._s[t]
+        a, s = self.schedule.host.sqrt_alphas_cumprod[t], self.schedule.host.sqrt_one_minus_alphas_cumprod[t]
         eps, x0 = to_eps_x0(out, x_t, a, s, self.prediction)
         if self.clip_x0:
             x0 = x0.clamp(-1, 1)

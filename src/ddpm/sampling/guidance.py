@@ -44,7 +44,9 @@ from ddpm.diffusion.likelihood import model_log_variance, split_output
 from ddpm.diffusion.parametrization import eps_from_x0, to_eps_x0
 from ddpm.diffusion.schedule import Schedule
 from ddpm.errors import UserError
+from ddpm.sampling.ancestral import grid_step_coefficients
 from ddpm.sampling.denoiser import Denoiser, Prediction
+from ddpm.sampling.steps import grid_or_full
 
 FORMS = ("score", "mean_shift")
 
@@ -84,28 +86,12 @@ def check_labels(num_classes: int | None, y: torch.Tensor | None, *, guidance: f
             raise UserError(f"class {bad} is not one the {what} knows: it has {k} classes, 0 to {k - 1}")
 
 
-class _CFGNetwork:
-    """The network seen through classifier-free guidance: one batched call, outputs combined."""
-
-    def __init__(self, model, scale: float, null_label: int, variance: str):
-        self.model, self.scale, self.null_label, self.variance = model, scale, null_label, variance
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        null = torch.full_like(y, self.null_label)
-        out = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).float()
-        cond, uncond = out.chunk(2)
-        mean_c, var_c = split_output(cond, self.variance)
-        mean_u, _ = split_output(uncond, self.variance)
-        w = self.scale
-        mean = (1 + w) * mean_c - w * mean_u  # Ho & Salimans Eq. 6, on the output (see the module docstring)
-        return mean if var_c is None else torch.cat([mean, var_c], dim=1)
-
-
 class ClassifierFreeGuidance:
     """Classifier-free guidance of strength ``scale`` (w) around a conditional ``Denoiser`` with labels set.
 
     The unconditional pass uses label ``null_label`` (default: the model's ``num_classes``, the U-Net's
-    "no label" entry). Clipping and the prediction type are the wrapped denoiser's.
+    "no label" entry). Both passes are one batched network call; the outputs are combined (see the
+    module docstring) and converted by the wrapped denoiser, so clipping and the prediction type are its.
     """
 
     def __init__(self, denoiser: Denoiser, scale: float, *, null_label: int | None = None):
@@ -115,13 +101,19 @@ class ClassifierFreeGuidance:
             null_label = getattr(getattr(denoiser.model, "config", None), "num_classes", None)
             if not null_label:
                 raise UserError("classifier-free guidance needs a class-conditional model")
-        self.scale = float(scale)
-        self.inner = Denoiser(_CFGNetwork(denoiser.model, self.scale, null_label, denoiser.variance),
-                              denoiser.schedule, denoiser.prediction, clip_x0=denoiser.clip_x0, y=denoiser.y,
-                              variance=denoiser.variance)
+        self.denoiser, self.scale, self.null_label = denoiser, float(scale), null_label
 
     def __call__(self, x_t: torch.Tensor, t: int) -> Prediction:
-        return self.inner(x_t, t)
+        d = self.denoiser
+        tt = d.timestep_batch(x_t, t)
+        null = torch.full_like(d.y, self.null_label)
+        out = d.model(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([d.y, null])).float()
+        cond, uncond = out.chunk(2)
+        mean_c, var_c = split_output(cond, d.variance)
+        mean_u, _ = split_output(uncond, d.variance)
+        w = self.scale
+        mean = (1 + w) * mean_c - w * mean_u  # Ho & Salimans Eq. 6, on the output (see the module docstring)
+        return d.convert(mean if var_c is None else torch.cat([mean, var_c], dim=1), x_t, t)
 
 
 def classifier_log_prob_grad(classifier, x_t: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
@@ -153,13 +145,10 @@ class ClassifierGuidance:
             raise ValueError(f"unknown classifier-guidance form {form!r}; choose one of {', '.join(FORMS)}")
         self.denoise, self.classifier, self.y, self.scale = denoise, classifier, y, float(scale)
         self.form, self.variance = form, variance
-        self._a = schedule.sqrt_alphas_cumprod.tolist()
-        self._s = schedule.sqrt_one_minus_alphas_cumprod.tolist()
+        self._a = schedule.host.sqrt_alphas_cumprod
+        self._s = schedule.host.sqrt_one_minus_alphas_cumprod
         if form == "mean_shift":
-            from ddpm.sampling.ancestral import grid_step_coefficients
-            from ddpm.sampling.grids import timestep_grid
-
-            grid = timestep_grid(schedule.num_timesteps) if timesteps is None else list(timesteps)
+            grid = grid_or_full(schedule, timesteps)
             nxt = {t: (grid[i + 1] if i + 1 < len(grid) else None) for i, t in enumerate(grid)}
             self._steps = {t: grid_step_coefficients(schedule, t, t_prev) for t, t_prev in nxt.items()}
 
@@ -195,7 +184,7 @@ class ClassifierGuidance:
 def guide(denoiser: Denoiser, *, y: torch.Tensor | None, guidance: float | None = None, classifier=None,
           classifier_scale: float = 0.0, sampler: str = "ancestral", timesteps: list[int] | None = None,
           variance: str = "beta"):
-    """The denoiser ``sample_images`` runs: ``denoiser`` with classifier-free guidance of strength
+    """The denoiser the pipeline runs: ``denoiser`` with classifier-free guidance of strength
     ``guidance`` (None: off) and then classifier guidance of scale ``classifier_scale`` (Algorithm 1 for
     ancestral sampling, Algorithm 2 for the others)."""
     denoise = denoiser

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ddpm.errors import UserError
+from ddpm import io
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,8 @@ class DistEnv:
 
 
 def resolve_device(name: str, env: DistEnv) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError("device cuda was requested but no CUDA GPU is available")
-        return torch.device("cuda", env.local_rank if env.enabled else torch.device(name).index or 0)
-    if name not in ("cpu", "mps"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
-    return torch.device(name)
+    """The device of this process: under torchrun each rank takes the GPU of its local rank."""
+    return io.resolve_device(name, env.local_rank if env.enabled else None)
 
 
 def setup(env: DistEnv, device: torch.device) -> None:

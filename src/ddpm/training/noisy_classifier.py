@@ -6,8 +6,8 @@ wherever a sampler evaluates it. A guided model must use the same schedule and T
 the weights and checked when the classifier is loaded for guidance.
 
 Saved as PATH/classifier.safetensors (weights; architecture, diffusion settings and held-out accuracies
-in its metadata) plus a readable PATH/classifier.json. No pickle. The file names are those of
-``ddpm.evaluation.classifier`` (a clean-image classifier); the format tag tells the two apart.
+in its metadata) plus a readable PATH/classifier.json. No pickle. The file names are those of the
+clean-image classifier (``ddpm.models.classifier``); the format tag tells the two apart.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from ddpm.data.datasets import ImageDataset
 from ddpm.diffusion.process import q_sample
 from ddpm.diffusion.schedule import make_schedule
 from ddpm.errors import UserError
-from ddpm.evaluation.classifier import FORMAT as CLEAN_FORMAT
-from ddpm.evaluation.classifier import INFO, WEIGHTS, fit, split_indices
-from ddpm.models.classifier import NoisyClassifier
-from ddpm.training.checkpoint import atomic_write, read_safetensors, write_text_atomic
+from ddpm.io import atomic_write, read_safetensors, write_text_atomic
+from ddpm.models.classifier import CLEAN_FORMAT, INFO, NOISY_FORMAT, WEIGHTS, NoisyClassifier
+from ddpm.presets import make_config, preset_for_data
+from ddpm.training.fit import fit, split_indices
 
-FORMAT = "ddpm-noisy-classifier-1"
+FORMAT = NOISY_FORMAT
 
 
 @dataclass
@@ -50,8 +50,6 @@ class NoisyClassifierTrainConfig:
 
 def classifier_config_for(data: ImageDataset, base_channels: int | None = None) -> ModelConfig:
     """The data set's preset U-Net architecture (``ddpm.presets``), fitted to its images and classes."""
-    from ddpm.presets import make_config, preset_for_data
-
     if data.labels is None or not data.num_classes:
         raise UserError(f"data set {data.name} has no labels; a classifier needs a labelled data set")
     c, h, w = data.shape

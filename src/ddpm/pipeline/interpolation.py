@@ -1,6 +1,7 @@
 """Interpolation: between two seeds' noises (slerp), and between two images through x_t (Ho et al. §4.3).
 
-Both end in ``ddpm.api.sample_images``, the one entry point that samples.
+Both end in ``Run.sample``, the one entry point that samples; ``**options`` are its options
+(``sampling=SamplingOptions(...)``, ``guidance``, ``runtime``, ``progress``).
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from typing import Sequence
 
 import torch
 
-from ddpm.api import build_schedule, sample_images
 from ddpm.config import RunConfig
 from ddpm.diffusion.process import q_sample
 from ddpm.errors import UserError
+from ddpm.pipeline.run import Run
 from ddpm.sampling.grids import timestep_grid
 from ddpm.sampling.noise import randn, seed_generators
 
@@ -43,8 +44,7 @@ def seed_noise(cfg: RunConfig, seed: int, device="cpu") -> torch.Tensor:
     return randn(shape, seed_generators([seed]), device)
 
 
-def interpolate_seeds(model, cfg: RunConfig, seed_a: int, seed_b: int, lambdas: Sequence[float], *,
-                      device=None, **sample_options) -> torch.Tensor:
+def interpolate_seeds(run: Run, seed_a: int, seed_b: int, lambdas: Sequence[float], **options) -> torch.Tensor:
     """Samples from slerp(x_T(seed_a), x_T(seed_b), lambda) for each lambda: (len(lambdas), C, H, W).
 
     With a deterministic sampler (``sampler="ddim"``, eta = 0; Song et al. 2021 §5.3) x_T alone
@@ -53,13 +53,13 @@ def interpolate_seeds(model, cfg: RunConfig, seed_a: int, seed_b: int, lambdas: 
     sample``): lambda = 0 is still seed_a's sample, but that shared path noise, not x_T, then decides
     most of every image in the row.
     """
-    device = device or next(model.parameters()).device
-    x_a, x_b = seed_noise(cfg, seed_a, device), seed_noise(cfg, seed_b, device)
+    device = run.device
+    x_a, x_b = seed_noise(run.config, seed_a, device), seed_noise(run.config, seed_b, device)
     lam = torch.tensor(list(lambdas), dtype=torch.float32, device=device).reshape(-1, 1, 1, 1)
     x_T = slerp(x_a.expand(len(lambdas), *x_a.shape[1:]), x_b.expand(len(lambdas), *x_b.shape[1:]), lam)
     gens = seed_generators([seed_a] * len(lambdas))
     randn(x_T.shape, gens, device)  # advance past x_T so the path noise continues as in ddpm sample
-    return sample_images(model, cfg, len(lambdas), x_T=x_T, generator=gens, device=device, **sample_options)
+    return run.sample(len(lambdas), x_T=x_T, generator=gens, **options)
 
 
 def grid_from(t: int, num_timesteps: int, steps: int | None = None) -> list[int]:
@@ -67,9 +67,8 @@ def grid_from(t: int, num_timesteps: int, steps: int | None = None) -> list[int]
     return [t] + [s for s in timestep_grid(num_timesteps, steps) if s < t]
 
 
-def interpolate_images(model, cfg: RunConfig, x_a: torch.Tensor, x_b: torch.Tensor, steps: Sequence[int],
-                       lambdas: Sequence[float], *, seed: int = 0, sampling_steps: int | None = None,
-                       device=None, progress: bool = False, **sample_options) -> torch.Tensor:
+def interpolate_images(run: Run, x_a: torch.Tensor, x_b: torch.Tensor, steps: Sequence[int],
+                       lambdas: Sequence[float], *, seed: int = 0, progress: bool = False, **options) -> torch.Tensor:
     """Ho et al. (2020) §4.3, Fig. 8: interpolate two images in x_t, decode by the reverse process.
 
     For each step t: x_t = q_sample(x0, t, eps) and x'_t = q_sample(x0', t, eps) with the *same* eps,
@@ -77,17 +76,19 @@ def interpolate_images(model, cfg: RunConfig, x_a: torch.Tensor, x_b: torch.Tens
     ``sampling_steps`` cut at t). The same noise makes x-bar_t exactly the q_sample of the mixed
     image, so the noise level stays right; the reverse process' noise is also shared by every lambda
     (Fig. 8 "fixed the noise for different values of lambda"). Small t reconstructs and blends pixels;
-    large t forgets the sources and yields new, smoothly varying images.
+    large t forgets the sources and yields new, smoothly varying images. The grid below t is that of
+    ``sampling.steps`` evenly spaced steps over all of T (all T by default).
 
     ``x_a`` and ``x_b`` are (1, C, H, W) or (C, H, W) in [-1, 1]. Returns (len(steps), len(lambdas), C, H, W).
     """
-    device = device or next(model.parameters()).device
+    device = run.device
     x_a, x_b = (x.reshape(1, *x.shape[-3:]).to(device) for x in (x_a, x_b))
-    want = (cfg.model.in_channels, *cfg.model.image_size)
+    want = run.shape
     if tuple(x_a.shape[1:]) != want or tuple(x_b.shape[1:]) != want:
         raise UserError(f"images of shape {tuple(x_a.shape[1:])} do not fit the model's {want}")
-    schedule = build_schedule(cfg.diffusion)
+    schedule = run.schedule
     T = schedule.num_timesteps
+    sampling_steps = options["sampling"].steps if "sampling" in options else None
     eps = randn(x_a.shape, torch.Generator().manual_seed(seed), device)
     lam = torch.tensor(list(lambdas), dtype=torch.float32, device=device).reshape(-1, 1, 1, 1)
     rows = []
@@ -96,6 +97,6 @@ def interpolate_images(model, cfg: RunConfig, x_a: torch.Tensor, x_b: torch.Tens
         xa_t, xb_t = q_sample(schedule, x_a, tt, eps), q_sample(schedule, x_b, tt, eps)
         mixed = (1 - lam) * xa_t + lam * xb_t
         gens = seed_generators([seed + 1] * len(lambdas))
-        rows.append(sample_images(model, cfg, len(lambdas), x_T=mixed, timesteps=grid_from(int(t), T, sampling_steps),
-                                  generator=gens, device=device, progress=progress, **sample_options))
+        rows.append(run.sample(len(lambdas), x_T=mixed, timesteps=grid_from(int(t), T, sampling_steps),
+                               generator=gens, progress=progress, **options))
     return torch.stack(rows)

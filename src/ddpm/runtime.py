@@ -1,9 +1,11 @@
-"""Speed options for training and sampling, with defaults per device.
+"""Runtime options: how the network runs (precision, memory format, compilation), with defaults per device.
 
-Four named options, set as ``TrainConfig`` fields (``ddpm train --precision ...``) and ``sample_images``
-arguments (``ddpm sample --precision ...``); ``"auto"`` picks the choice that measured fastest on that
-kind of device without changing what the model learns (``benchmarks/speed.py`` times them,
-``benchmarks/speed_quality.py`` checks quality):
+Three named options form the ``runtime`` section of a run's config (``RuntimeConfig``; ``ddpm train
+--precision ...``), saved with the run and overridable when sampling (``ddpm sample --precision ...``);
+the AdamW implementation is a training option of the same kind. ``"auto"`` picks the choice that
+measured fastest on that kind of device without changing what the model learns. The figures behind
+each choice, with the commands that measure them, are in ``benchmarks/README.md``
+(``benchmarks/speed.py`` times the options, ``benchmarks/speed_quality.py`` checks quality).
 
 ``precision``: ``"fp32"`` | ``"bf16"``
     bf16 runs the network under ``torch.autocast``: convolutions, matmuls and attention compute in
@@ -11,37 +13,37 @@ kind of device without changing what the model learns (``benchmarks/speed.py`` t
     Micikevicius et al. 2018; bfloat16 keeps float32's exponent range, so no loss scaling is needed).
     The network's output is cast back to float32, so losses and every sampler's arithmetic are float32.
     auto: bf16 where the hardware computes it natively (CPU with AVX512-BF16 or AMX, CUDA with compute
-    capability >= 8.0), else fp32. On a 2-core AMD EPYC (AVX512-BF16) a training step ran 1.6x (mnist
-    preset) and 1.8x (cifar10) as fast as in fp32, a sampling step 1.6x and 1.75x (``benchmarks/speed.py
-    --clock cpu``: one thread's CPU time, interleaved rounds).
+    capability >= 8.0), else fp32: emulated bf16 is slower than fp32.
 ``memory_format``: ``"contiguous"`` | ``"channels_last"``
-    auto: contiguous. On that CPU channels_last made a training step 0.87x (fp32) and 0.67x (bf16) as
-    fast: PyTorch's channels_last GroupNorm kernels are many times slower than the contiguous ones there
-    (mnist bf16 step: 243 ms of GroupNorm instead of 27), more than the convolutions gain by skipping
-    oneDNN's layout reorders (``benchmarks/speed_profile.py``). CUDA: not measured here
-    (``benchmarks/speed.py --ours-variants``).
+    auto: contiguous. On CPUs PyTorch's channels_last GroupNorm kernels are much slower than the
+    contiguous ones, more than the convolutions gain by skipping oneDNN's layout reorders
+    (``benchmarks/speed_profile.py`` shows where the time goes).
 ``compile``: ``"none"`` | ``"default"`` | ``"reduce-overhead"`` | ``"max-autotune"`` (``torch.compile`` modes;
     ``"reduce-overhead"`` replays CUDA graphs)
-    auto: none on CPU, where inductor's code made a bf16 training step of the mnist preset 0.81x-0.89x
-    as fast after 2-3 minutes of compiling, and a sampling step (with weight freezing) 1.11x as fast after
-    48 s of compiling, more than it saves on a 1000-step batch of 64; on CUDA (with Triton installed) ``"default"`` for
-    training and ``"reduce-overhead"`` (CUDA graphs: one launch per network call) for sampling. The CUDA
-    choices are not measured yet (``benchmarks/speed.py --device cuda --ours-variants ...``).
+    auto: none on CPU, where inductor's code was slower for training and saved less in sampling than
+    its minutes of compiling cost; on CUDA (with Triton installed) ``"default"`` for training and
+    ``"reduce-overhead"`` (CUDA graphs: one launch per network call) for sampling.
 ``adamw_impl``: ``"fused"`` | ``"foreach"`` | ``"for-loop"``
-    auto: fused where PyTorch has a fused AdamW kernel (CPU, CUDA), foreach elsewhere. On the CPU the
-    optimizer step with gradient clipping and the EMA update took 5.6 ms instead of 13 ms (mnist preset).
+    auto: fused where PyTorch has a fused AdamW kernel (CPU, CUDA), foreach elsewhere: one kernel for
+    all parameters instead of one per tensor.
 """
 
 from __future__ import annotations
 
 import contextlib
 import weakref
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ddpm.config import ADAMW_IMPLS, COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
 from ddpm.errors import UserError
+
+# The options' names ("auto" is resolved per device by the resolve_* functions below).
+PRECISIONS = ("auto", "fp32", "bf16")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
+ADAMW_IMPLS = ("auto", "fused", "foreach", "for-loop")
 
 
 def check_options(**options: str) -> None:
@@ -100,6 +102,24 @@ def resolve_adamw_impl(name: str, device) -> str:
     return "fused" if torch.device(device).type in ("cpu", "cuda") else "foreach"
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """Runtime options with "auto" resolved for one device: what ``ModelRunner`` takes."""
+
+    device: torch.device
+    precision: str = "fp32"
+    memory_format: str = "contiguous"
+    compile: str = "none"
+
+
+def resolve(device, *, precision: str = "auto", memory_format: str = "auto", compile: str = "auto",
+            sampling: bool = False) -> Resolved:
+    """The options as they apply on ``device`` (``sampling`` picks the sampling default of ``compile``)."""
+    device = torch.device(device)
+    return Resolved(device, resolve_precision(precision, device), resolve_memory_format(memory_format, device),
+                    resolve_compile(compile, device, sampling=sampling))
+
+
 def make_adamw(params, *, lr: float, weight_decay: float, impl: str, device) -> torch.optim.AdamW:
     """AdamW with the named implementation; all three compute the same update (Loshchilov & Hutter 2019)."""
     impl = resolve_adamw_impl(impl, device)
@@ -128,7 +148,7 @@ def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
                     state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
-# Compiled wrappers of sampling models, so repeated ``sample_images`` calls (one per batch) compile once.
+# Compiled wrappers of sampling models, so repeated sampling calls (one per batch) compile once.
 # Kept outside the module: an attribute would register the wrapper as a submodule and enter state_dict.
 _COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Module]]" = weakref.WeakKeyDictionary()
 
@@ -143,8 +163,14 @@ def compiled(model: nn.Module, mode: str) -> nn.Module:
     return per_model[mode]
 
 
-class Network:
-    """``model(x, t[, y])`` run with resolved speed options; returns float32 in the contiguous format.
+def runner(model: nn.Module, options: Resolved) -> "ModelRunner":
+    """``model`` (its weights converted to the memory format in place) called with ``options``."""
+    return ModelRunner(to_memory_format(model, options.memory_format), precision=options.precision,
+                       memory_format=options.memory_format, compile=options.compile)
+
+
+class ModelRunner:
+    """Calls ``model(x, t[, y])`` with resolved runtime options; returns float32 in the contiguous format.
 
     Not a module (it owns no weights), so wrapping leaves state dicts and checkpoints unchanged. The
     model must already be in ``memory_format`` (``to_memory_format``); the input is converted here.

@@ -1,4 +1,6 @@
-"""Checkpoints as safetensors + JSON, written atomically (temporary file, then rename).
+"""The run folder: checkpoints as safetensors + JSON, written atomically (``ddpm.io.atomic_write``).
+
+Training writes these files and the pipeline reads them, so the format sits below both.
 
 A run folder holds:
   config.json              the full typed RunConfig
@@ -11,41 +13,20 @@ A run folder holds:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import save_file
 
 from ddpm.config import RunConfig
 from ddpm.errors import UserError
+from ddpm.io import atomic_write, read_safetensors, write_text_atomic
 
 CHECKPOINT = "checkpoint.safetensors"
 EMA = "ema.safetensors"
 CONFIG = "config.json"
 FORMAT = "ddpm-checkpoint-1"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``; a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -88,16 +69,6 @@ def save_checkpoint(run_dir: Path, cfg: RunConfig, step: int, model, ema, optimi
     ema_meta = {"format": FORMAT, "step": str(step), "config": cfg.to_json()}
     atomic_write(run_dir / EMA, lambda tmp: save_file(ema_tensors, tmp, metadata=ema_meta))
     write_text_atomic(run_dir / CONFIG, cfg.to_json() + "\n")
-
-
-def read_safetensors(path: Path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a .safetensors file; an unreadable one is a UserError naming ``what``."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        return load_file(str(path)), meta
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"cannot read {what} {path}: {e}") from None
 
 
 def find_file(run: str | Path, name: str) -> Path:

@@ -1,0 +1,69 @@
+"""The ground floor: atomic file writes, safetensors reading and device resolution.
+
+Everything that writes a file people keep goes through ``atomic_write`` (a temporary file in the same
+folder, fsync, then one rename), so a crash or a kill leaves either the old file or the new one, never
+half of one. Nothing here knows about diffusion, models or runs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open
+
+from ddpm.errors import UserError
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``; a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_safetensors(path: str | Path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a .safetensors file; an unreadable one is a UserError naming ``what``."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"cannot read {what} {path}: {e}") from None
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"cuda:N"`` | ``"mps"`` as a device; a missing GPU is a UserError.
+
+    Under torchrun pass the process's ``local_rank``: each process then takes its own GPU.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("device cuda was requested but no CUDA GPU is available")
+        try:
+            index = torch.device(name).index
+        except RuntimeError:
+            raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        return torch.device("cuda", local_rank if local_rank is not None else index or 0)
+    if name not in ("cpu", "mps"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    return torch.device(name)

@@ -1,0 +1,163 @@
+"""``Run``: a model, its config and its schedule, and the one place a sampling call is put together.
+
+    >>> run = load_run("runs/digits")
+    >>> images = run.sample(16, generator=torch.Generator().manual_seed(0))      # (16, C, H, W) in [-1, 1]
+    >>> for step in run.steps(4, sampling=SamplingOptions("ddim", steps=50)):    # t, x_t, x0 at every call
+    ...     show(step.t, step.x0)
+
+``Run.steps`` composes, once per call: the runtime options (the run's ``RuntimeConfig`` or the one
+given) wrap the network (``ddpm.runtime``); a ``Denoiser`` turns its output into (eps, x0); guidance
+wraps the denoiser; the registry entry of ``SamplingOptions.sampler`` walks the grid. ``Run.sample``
+is the same iterator run to its end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ddpm import runtime as rt
+from ddpm.checkpoint import load_ema
+from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, RuntimeConfig
+from ddpm.diffusion.schedule import Schedule, make_schedule
+from ddpm.errors import UserError
+from ddpm.models.unet import UNet
+from ddpm.pipeline.options import GuidanceOptions, SamplingOptions
+from ddpm.sampling import SAMPLERS, Step
+from ddpm.sampling.denoiser import Denoiser
+from ddpm.sampling.grids import timestep_grid
+from ddpm.sampling.guidance import as_labels, check_labels, guide
+from ddpm.sampling.noise import Generators, randn
+
+
+def build_schedule(cfg: DiffusionConfig) -> Schedule:
+    return make_schedule(cfg.schedule, cfg.timesteps)
+
+
+def build_model(cfg: ModelConfig) -> UNet:
+    return UNet(cfg)
+
+
+@dataclass
+class Run:
+    """A trained run: its config, its EMA model (the sampling model) and its schedule.
+
+    ``Run.of(model, cfg)`` wraps a model that is not saved yet (the training loop's previews do).
+    """
+
+    config: RunConfig
+    model: nn.Module
+    schedule: Schedule
+    step: int = 0
+    path: Path | None = None
+
+    @classmethod
+    def of(cls, model: nn.Module, cfg: RunConfig) -> "Run":
+        return cls(cfg, model, build_schedule(cfg.diffusion))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one image."""
+        return (self.config.model.in_channels, *self.config.model.image_size)
+
+    def network(self, runtime: RuntimeConfig | None = None) -> rt.ModelRunner:
+        """The model as ``runtime`` (default: the run's) runs it when sampling (a compiled model is cached,
+        so later batches reuse it)."""
+        r = runtime or self.config.runtime
+        return rt.runner(self.model, rt.resolve(self.device, precision=r.precision, memory_format=r.memory_format,
+                                                compile=r.compile, sampling=True))
+
+    def denoiser(self, *, clip_x0: bool | None = None, y: torch.Tensor | None = None,
+                 runtime: RuntimeConfig | None = None) -> Denoiser:
+        """The unguided denoiser of this run (``clip_x0`` None: the run's setting)."""
+        d = self.config.diffusion
+        return Denoiser(self.network(runtime), self.schedule, d.prediction, clip_x0=d.clip_x0 if clip_x0 is None
+                        else clip_x0, y=y if self.config.model.num_classes else None, variance=d.variance)
+
+    def steps(self, n: int, *, generator: Generators = None, sampling: SamplingOptions = SamplingOptions(),
+              guidance: GuidanceOptions = GuidanceOptions(), runtime: RuntimeConfig | None = None, y=None,
+              x_T: torch.Tensor | None = None, timesteps: Sequence[int] | None = None) -> "Steps":
+        """Sample ``n`` images step by step: one ``Step`` (t, x_t, predicted x0, x after the step) per network
+        call; the last step's ``x_next`` is the sample, (n, C, H, W) in [-1, 1]. Mistakes in the options are
+        reported here, before any network call.
+
+        ``y`` (an int or (n,) labels) picks the classes of a conditional model or of classifier guidance.
+        ``x_T`` (default: noise from ``generator``, one generator per image for per-seed images) and
+        ``timesteps`` (default: the grid of ``sampling``) let a caller start elsewhere: from a mix of
+        noises, or from a diffused image with the grid cut to start at its t (Ho et al. §4.3).
+        """
+        cfg, device = self.config, self.device
+        y = as_labels(y, n, device)
+        classifier = guidance.classifier
+        check_labels(cfg.model.num_classes, y, guidance=guidance.scale,
+                     classifier_classes=None if classifier is None else classifier.config.num_classes)
+        if timesteps is None:
+            timesteps = timestep_grid(self.schedule.num_timesteps, sampling.steps, sampling.default_grid,
+                                      schedule=self.schedule)
+        timesteps = list(timesteps)
+        kwargs = sampling.sampler_kwargs(cfg.diffusion.variance)
+        denoise = guide(self.denoiser(clip_x0=sampling.clip_x0, y=y, runtime=runtime), y=y, guidance=guidance.scale,
+                        classifier=None if classifier is None else classifier.to(device),
+                        classifier_scale=guidance.classifier_scale, sampler=sampling.sampler, timesteps=timesteps,
+                        variance=kwargs.get("variance", cfg.diffusion.variance))
+        x_T = randn((n, *self.shape), generator, device) if x_T is None else x_T.to(device)
+        steps = SAMPLERS[sampling.sampler].steps(denoise, x_T, self.schedule, timesteps, generator=generator, **kwargs)
+        return Steps(self._in_eval_mode(steps), len(timesteps), sampling.sampler)
+
+    def _in_eval_mode(self, steps: Iterator[Step]) -> Iterator[Step]:
+        """``steps`` with the model in eval mode (dropout off) while they run, its own mode restored after."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield from steps
+        finally:
+            self.model.train(was_training)
+
+    def sample(self, n: int, *, generator: Generators = None, progress: bool = True,
+               callback: Callable[[Step], object] | None = None, **options) -> torch.Tensor:
+        """``n`` samples (n, C, H, W) in [-1, 1]: ``steps(n, **options)`` run to the end behind a progress bar;
+        ``callback(step)`` sees every ``Step``."""
+        steps = self.steps(n, generator=generator, **options)
+        x = None
+        for step in tqdm(steps, desc=steps.desc, disable=not progress, leave=False):
+            if callback is not None:
+                callback(step)
+            x = step.x_next
+        return x
+
+
+class Steps:
+    """The steps of one sampling call: an iterator of ``Step`` whose ``len`` is the number of network calls."""
+
+    def __init__(self, steps: Iterator[Step], total: int, desc: str):
+        self._steps, self.total, self.desc = steps, total, desc
+
+    def __iter__(self) -> Iterator[Step]:
+        return self
+
+    def __next__(self) -> Step:
+        return next(self._steps)
+
+    def __len__(self) -> int:
+        return self.total
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Load the EMA model of a run folder (or its ema.safetensors); the config comes from the file."""
+    cfg, state, step = load_ema(path)
+    model = build_model(cfg.model)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"weights in {path} do not match their config: {str(e).splitlines()[0]}") from None
+    model.to(device).eval()
+    return Run(cfg, model, build_schedule(cfg.diffusion), step, Path(path))
