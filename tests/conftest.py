@@ -33,9 +33,9 @@ def tiny_config(**train) -> RunConfig:
     cfg.train.checkpoint_every = 2
     cfg.train.log_every = 2
     cfg.train.num_sample_images = 4
-    cfg.train.device = "cpu"
+    cfg.runtime.device = "cpu"
     # Tests compare outputs at float32 tolerances; tests/test_speed.py checks the bf16 path against fp32.
-    cfg.train.precision = "fp32"
+    cfg.runtime.precision = "fp32"
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg

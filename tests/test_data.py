@@ -13,7 +13,7 @@ from ddpm.data.datasets import load_dataset
 from ddpm.data.named import read_idx
 from ddpm.data.transforms import fit_tensor
 from ddpm.errors import UserError
-
+from ddpm.training.loop import train
 from tests.conftest import SHARED_DATA, tiny_config
 
 MNIST = SHARED_DATA / "mnist"
@@ -150,8 +150,6 @@ def test_fit_tensor_channels_and_size():
 
 def test_training_fits_folder_to_the_model(tmp_path):
     """The loop passes the model's size and channels: RGB 12x10 files train an 8x8 grey model."""
-    from ddpm.training.loop import train
-
     for i in range(4):
         _write(tmp_path / "imgs" / f"{i}.png", color=(40 * i, 100, 200))
     cfg = tiny_config(steps=1, checkpoint_every=1, data=str(tmp_path / "imgs"))

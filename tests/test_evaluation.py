@@ -18,6 +18,7 @@ from ddpm.evaluation import metrics as M
 from ddpm.evaluation.classifier import ClassifierTrainConfig, load_classifier, save_classifier
 from ddpm.evaluation.features import ClassifierExtractor, extract, make_extractor
 from ddpm.evaluation.reference import cache_dir, cached_classifier, reference_stats
+from ddpm.training.loop import train
 from tests.conftest import tiny_config
 
 
@@ -230,8 +231,6 @@ def test_inception_extractor_runs_from_a_local_file(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from ddpm.training.loop import train
-
     return train(tiny_config(), tmp_path_factory.mktemp("eval-run") / "run", progress=False)
 
 

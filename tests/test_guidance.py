@@ -11,21 +11,26 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ddpm.api import build_model, load_run, make_denoiser, sample_images
+from ddpm.checkpoint import CHECKPOINT
 from ddpm.cli import main as ddpm_main
 from ddpm.config import derive
 from ddpm.data.datasets import load_digits
 from ddpm.diffusion.schedule import make_schedule
 from ddpm.errors import UserError
+from ddpm.pipeline import GuidanceOptions, Run, SamplingOptions, build_model, load_run
 from ddpm.sampling import SAMPLERS
 from ddpm.sampling.ancestral import grid_step_coefficients, sample_ancestral
 from ddpm.sampling.denoiser import Denoiser
 from ddpm.sampling.grids import timestep_grid
 from ddpm.sampling.guidance import ClassifierFreeGuidance, ClassifierGuidance, classifier_log_prob_grad
-from ddpm.training.checkpoint import CHECKPOINT
-from ddpm.training.loop import drop_labels, train
-from ddpm.training.noisy_classifier import (NoisyClassifierTrainConfig, load_noisy_classifier, save_noisy_classifier,
-                                            train_noisy_classifier)
+from ddpm.training.loop import train
+from ddpm.training.noisy_classifier import (
+    NoisyClassifierTrainConfig,
+    load_noisy_classifier,
+    save_noisy_classifier,
+    train_noisy_classifier,
+)
+from ddpm.training.step import drop_labels
 from tests.conftest import tiny_config
 from tests.test_sampling_core import gaussian_denoiser
 
@@ -60,8 +65,8 @@ def batch(n=4, seed=1):
 def test_cfg_with_w0_is_the_conditional_model(prediction, clip):
     cfg, model = conditional_model(prediction)
     x, y = batch()
-    plain = make_denoiser(model, cfg, clip_x0=clip, y=y)
-    guided = ClassifierFreeGuidance(make_denoiser(model, cfg, clip_x0=clip, y=y), 0.0)
+    plain = Run.of(model, cfg).denoiser(clip_x0=clip, y=y)
+    guided = ClassifierFreeGuidance(Run.of(model, cfg).denoiser(clip_x0=clip, y=y), 0.0)
     for t in (19, 10, 0):
         a, b = plain(x, t), guided(x, t)
         # The conditional half of a batch of 2N: equal up to how the convolutions sum a larger batch.
@@ -76,13 +81,13 @@ def test_cfg_combines_eps_of_two_separate_calls_and_rederives_x0(prediction):
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
     x, y = batch()
     w = 2.5
-    cond = make_denoiser(model, cfg, clip_x0=False, y=y)
-    uncond = make_denoiser(model, cfg, clip_x0=False, y=None)
+    cond = Run.of(model, cfg).denoiser(clip_x0=False, y=y)
+    uncond = Run.of(model, cfg).denoiser(clip_x0=False, y=None)
     calls = []
     counting = lambda *a: calls.append(a[0].shape[0]) or model(*a)  # noqa: E731
     guided = ClassifierFreeGuidance(Denoiser(counting, schedule, prediction, clip_x0=False, y=y), w,
                                     null_label=K)
-    clipped = ClassifierFreeGuidance(make_denoiser(model, cfg, clip_x0=True, y=y), w)
+    clipped = ClassifierFreeGuidance(Run.of(model, cfg).denoiser(clip_x0=True, y=y), w)
     for t in (19, 7, 0):
         a, s = schedule.sqrt_alphas_cumprod[t].item(), schedule.sqrt_one_minus_alphas_cumprod[t].item()
         eps = (1 + w) * cond(x, t).eps - w * uncond(x, t).eps
@@ -104,42 +109,44 @@ def test_unconditional_path_is_the_no_label_entry():
         assert torch.equal(none, model(x, t, torch.full_like(y, K)))
         assert not torch.allclose(none, model(x, t, y))
     # w = -1 leaves only the unconditional pass: (1 - 1) eps(x, y) + eps(x, none).
-    only_uncond = ClassifierFreeGuidance(make_denoiser(model, cfg, clip_x0=False, y=y), -1.0)
-    assert torch.allclose(only_uncond(x, 5).eps, make_denoiser(model, cfg, clip_x0=False)(x, 5).eps, atol=1e-5)
+    only_uncond = ClassifierFreeGuidance(Run.of(model, cfg).denoiser(clip_x0=False, y=y), -1.0)
+    assert torch.allclose(only_uncond(x, 5).eps, Run.of(model, cfg).denoiser(clip_x0=False)(x, 5).eps, atol=1e-5)
 
 
 def test_cfg_keeps_the_conditional_learned_variance():
     cfg, model = conditional_model(variance="learned_range")
     x, y = batch()
-    a = make_denoiser(model, cfg, y=y)(x, 9)
-    b = ClassifierFreeGuidance(make_denoiser(model, cfg, y=y), 3.0)(x, 9)
+    a = Run.of(model, cfg).denoiser(y=y)(x, 9)
+    b = ClassifierFreeGuidance(Run.of(model, cfg).denoiser(y=y), 3.0)(x, 9)
     assert b.variance is not None and torch.allclose(a.variance, b.variance, atol=1e-5)
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_every_sampler_takes_the_guided_denoiser(sampler):
-    """sample_images with guidance = 0 reproduces the conditional model; w > 0 changes the samples."""
+    """Run.sample with guidance = 0 reproduces the conditional model; w > 0 changes the samples."""
     cfg, model = conditional_model()
     y = torch.arange(3)
-    common = dict(sampler=sampler, steps=5, progress=False, y=y)
-    plain = sample_images(model, cfg, 3, generator=torch.Generator().manual_seed(0), **common)
-    zero = sample_images(model, cfg, 3, generator=torch.Generator().manual_seed(0), guidance=0.0, **common)
-    strong = sample_images(model, cfg, 3, generator=torch.Generator().manual_seed(0), guidance=4.0, **common)
+    run = Run.of(model, cfg)
+    common = dict(sampling=SamplingOptions(sampler, steps=5), progress=False, y=y)
+    plain = run.sample(3, generator=torch.Generator().manual_seed(0), **common)
+    zero = run.sample(3, generator=torch.Generator().manual_seed(0), guidance=GuidanceOptions(0.0), **common)
+    strong = run.sample(3, generator=torch.Generator().manual_seed(0), guidance=GuidanceOptions(4.0), **common)
     assert torch.allclose(plain, zero, atol=1e-4)
     assert torch.isfinite(strong).all() and not torch.allclose(plain, strong, atol=1e-3)
 
 
 def test_guidance_mistakes_are_user_errors():
     cfg, model = conditional_model()
+    run = Run.of(model, cfg)
     with pytest.raises(UserError, match="not one the model knows"):
-        sample_images(model, cfg, 2, y=K, progress=False, steps=2, sampler="ddim")
+        run.sample(2, y=K, progress=False, sampling=SamplingOptions("ddim", steps=2))
     with pytest.raises(UserError, match="needs the classes"):
-        sample_images(model, cfg, 2, guidance=1.0, progress=False)
+        run.sample(2, guidance=GuidanceOptions(1.0), progress=False)
     plain = tiny_config()
     with pytest.raises(UserError, match="unconditional"):
-        sample_images(build_model(plain.model), plain, 2, y=1, guidance=1.0, progress=False)
+        Run.of(build_model(plain.model), plain).sample(2, y=1, guidance=GuidanceOptions(1.0), progress=False)
     with pytest.raises(UserError, match="unconditional"):
-        sample_images(build_model(plain.model), plain, 2, y=1, progress=False)
+        Run.of(build_model(plain.model), plain).sample(2, y=1, progress=False)
 
 
 # --- label dropout ---------------------------------------------------------------------------------------
@@ -307,16 +314,16 @@ def test_noisy_classifier_round_trip_and_schedule_check(runs):
 
 
 def test_noisy_classifier_guidance_raises_its_own_log_p(runs):
-    """Through sample_images and a real NoisyClassifier: guided samples score higher under it."""
+    """Through Run.sample and a real NoisyClassifier: guided samples score higher under it."""
     run = load_run(runs / "uncond")
     clf, _ = load_noisy_classifier(runs / "clf")
     y = torch.arange(8) % K
     t0 = torch.zeros(8, dtype=torch.long)
     for sampler in ("ancestral", "ddim"):
-        kw = dict(sampler=sampler, steps=10, progress=False, y=y, classifier=clf)
-        x0 = sample_images(run.model, run.config, 8, generator=torch.Generator().manual_seed(0), **kw)
-        x1 = sample_images(run.model, run.config, 8, generator=torch.Generator().manual_seed(0), classifier_scale=20.0,
-                           **kw)
+        kw = dict(sampling=SamplingOptions(sampler, steps=10), progress=False, y=y)
+        x0 = run.sample(8, generator=torch.Generator().manual_seed(0), guidance=GuidanceOptions(classifier=clf), **kw)
+        x1 = run.sample(8, generator=torch.Generator().manual_seed(0),
+                        guidance=GuidanceOptions(classifier=clf, classifier_scale=20.0), **kw)
         with torch.no_grad():
             lp = [torch.log_softmax(clf(x, t0), 1)[torch.arange(8), y] for x in (x0, x1)]
         assert lp[1].mean() > lp[0].mean()
@@ -355,7 +362,7 @@ def test_cli_conditional_train_and_guided_sampling(runs, tmp_path, tiny_config_f
     (["--checkpoint", "{cond}", "--guidance", "2"], "needs the classes"),
     (["--checkpoint", "{cond}", "--class", "1", "--classifier", "{clf}"], "go together"),
     (["--checkpoint", "{cond}", "--classifier", "{clf}", "--classifier-scale", "1"], "needs the classes"),
-    (["--checkpoint", "{cond}", "--class", "1", "--guidance", "-1"], "--guidance must be >= 0"),
+    (["--checkpoint", "{cond}", "--class", "1", "--guidance", "-1"], "guidance must be >= 0"),
 ])
 def test_cli_guidance_mistakes_are_one_line_errors(runs, tmp_path, capsys, args, message):
     args = [a.format(cond=runs / "cond", uncond=runs / "uncond", clf=runs / "clf") for a in args]

@@ -13,22 +13,28 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpm.api import load_run
+from ddpm.checkpoint import CHECKPOINT, load_training_state
 from ddpm.config import derive
 from ddpm.data.datasets import load_dataset
-from ddpm.diffusion.likelihood import (discretized_gaussian_log_likelihood, normal_kl, p_mean_variance, prior_bpd,
-                                       quantize, vb_terms_bpd)
+from ddpm.diffusion.likelihood import (
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+    p_mean_variance,
+    prior_bpd,
+    quantize,
+    vb_terms_bpd,
+)
 from ddpm.diffusion.losses import VLB_WEIGHT, hybrid_loss, simple_loss, vlb_loss
 from ddpm.diffusion.process import q_sample
 from ddpm.diffusion.schedule import Schedule, make_schedule
 from ddpm.diffusion.timestep_sampler import LossAwareSampler
 from ddpm.errors import UserError
 from ddpm.evaluation.nll import evaluate_nll
+from ddpm.pipeline import Run, load_run
 from ddpm.sampling.ancestral import sample_ancestral
 from ddpm.sampling.denoiser import Denoiser
 from ddpm.sampling.grids import timestep_grid
 from ddpm.sampling.noise import randn
-from ddpm.training.checkpoint import CHECKPOINT, load_training_state
 from ddpm.training.loop import train
 from tests.conftest import tiny_config
 
@@ -311,8 +317,6 @@ def test_objective_refuses_combinations_that_cannot_train(tmp_path):
 def test_nll_of_an_oracle_model_is_its_decoder_term(tmp_path):
     """A model that knows x0 predicts the true eps: every KL term vanishes (variance beta-tilde) and
     the bound is L_T plus the decoder's -log mass of N(x0, beta-tilde_1) in x0's bin."""
-    from ddpm.api import Run
-
     cfg = tiny_config()
     cfg.diffusion.variance, cfg.diffusion.clip_x0 = "beta_tilde", False
     s = make_schedule("linear", 20)

@@ -48,16 +48,16 @@ def test_timed_training_stops_where_sigint_is_ignored(tmp_path, monkeypatch):
     _thread.interrupt_main does nothing: the timer must still end the training at its budget."""
     import signal
 
-    from ddpm.api import load_run
     from ddpm.config import derive
     from ddpm.data.datasets import load_dataset
+    from ddpm.pipeline import load_run
     from tests.conftest import tiny_config
 
     spec = importlib.util.spec_from_file_location("improved_ddpm", REPO / "benchmarks" / "improved_ddpm.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     cfg = tiny_config(steps=10**9, checkpoint_every=10**9)
-    cfg.train.device = "cpu"
+    cfg.runtime.device = "cpu"
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         seconds = bench.train_for(derive(cfg), tmp_path / "run", load_dataset("digits"), 8.0)

@@ -10,15 +10,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ddpm.api import build_model, make_denoiser, sample_images
 from ddpm.cli import main as ddpm_main
 from ddpm.diffusion.schedule import make_schedule
+from ddpm.pipeline import Run, SamplingOptions, build_model, load_run
 from ddpm.sampling import SAMPLERS
 from ddpm.sampling.ancestral import sample_ancestral
 from ddpm.sampling.ddim import ddim_invert, sample_ddim
 from ddpm.sampling.dpm_solver import sample_dpmpp_2m, sample_dpmpp_2m_sde
 from ddpm.sampling.grids import timestep_grid
 from ddpm.sampling.noise import seed_generators
+from ddpm.training.loop import train
 from tests.conftest import tiny_config
 from tests.test_sampling_core import gaussian_denoiser
 
@@ -67,7 +68,7 @@ def tiny_denoiser(prediction="eps", T=20):
     cfg.diffusion.prediction = prediction
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
-    return cfg, make_denoiser(model, cfg)
+    return cfg, Run.of(model, cfg).denoiser()
 
 
 # --- identities --------------------------------------------------------------------------------------
@@ -185,8 +186,8 @@ def test_first_network_call_sees_pure_noise_and_the_grid_ends_at_zero(sampler, s
     cfg = tiny_config()
     T = cfg.diffusion.timesteps
     model = RecordingModel()
-    sample_images(model, cfg, 2, sampler=sampler, steps=steps, grid=grid, progress=False,
-                  generator=torch.Generator().manual_seed(0))
+    Run.of(model, cfg).sample(2, sampling=SamplingOptions(sampler, steps=steps, grid=grid), progress=False,
+                              generator=torch.Generator().manual_seed(0))
     seen = [c[0] for c in model.calls]
     assert all(len(set(c)) == 1 for c in model.calls)
     assert seen[0] == T - 1 and seen[-1] == 0
@@ -232,8 +233,6 @@ def test_logsnr_grid_is_uniform_in_log_snr():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from ddpm.training.loop import train
-
     return train(tiny_config(), tmp_path_factory.mktemp("samplers") / "run", progress=False)
 
 
@@ -249,9 +248,9 @@ def test_cli_sample_with_fast_samplers(tiny_run, tmp_path, args, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sampler", "dpm++2m", "--eta", "0.5"], "--eta applies to --sampler ddim"),
-    (["--sampler", "ddim", "--eta", "2"], "--eta must be between 0 and 1"),
-    (["--sampler", "ddim", "--variance", "beta"], "--variance applies to --sampler ancestral"),
+    (["--sampler", "dpm++2m", "--eta", "0.5"], "eta applies to sampler ddim"),
+    (["--sampler", "ddim", "--eta", "2"], "eta must be between 0 and 1"),
+    (["--sampler", "ddim", "--variance", "beta"], "variance applies to sampler ancestral"),
     (["--sampler", "ddim", "--steps", "50"], "steps must be between 1 and 20"),
 ])
 def test_cli_sample_refuses_meaningless_options(tiny_run, tmp_path, args, message, capsys):
@@ -268,10 +267,8 @@ def test_cli_encode_data_and_image(tiny_run, tmp_path):
     saved = load_file(str(out / "latents.safetensors"))
     assert saved["x_T"].shape == (4, 1, 8, 8) and metrics["timesteps"][0] == 19 and metrics["timesteps"][-1] == 0
     # The reported MSE is that of decoding the saved latents again with DDIM (eta = 0) on the same grid.
-    from ddpm.api import load_run
-
     run = load_run(tiny_run)
-    recon = sample_ddim(make_denoiser(run.model, run.config), saved["x_T"], run.schedule, metrics["timesteps"],
+    recon = sample_ddim(run.denoiser(), saved["x_T"], run.schedule, metrics["timesteps"],
                         progress=False)
     assert math.isclose(metrics["mse"], (recon - saved["x0"]).pow(2).mean().item(), rel_tol=1e-4)
 

@@ -1,18 +1,19 @@
-"""The speed options (ddpm.performance) keep results: bf16 autocast stays within bfloat16 rounding of fp32,
+"""The runtime options (ddpm.runtime) keep results: bf16 autocast stays within bfloat16 rounding of fp32,
 channels_last and the AdamW implementations compute the same thing, and a run trained with all of them on
 still resumes exactly."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpm import performance as perf
-from ddpm.api import build_model, load_run, sample_images
-from ddpm.config import RunConfig
+from ddpm import runtime as rt
+from ddpm.checkpoint import CHECKPOINT
+from ddpm.config import RunConfig, RuntimeConfig
 from ddpm.errors import UserError
-from ddpm.training.checkpoint import CHECKPOINT
+from ddpm.pipeline import Run, SamplingOptions, build_model, load_run
 from ddpm.training.loop import train
 from tests.conftest import tiny_config
 
@@ -25,6 +26,12 @@ def tiny_model(seed=0):
     return cfg, build_model(cfg.model).eval()
 
 
+def with_runtime(cfg, **runtime):
+    """``cfg`` on the CPU with the runtime options ``runtime`` (precision fp32 unless given)."""
+    cfg.runtime = dataclasses.replace(cfg.runtime, **{"device": "cpu", "precision": "fp32", **runtime})
+    return cfg
+
+
 def inputs(cfg, n=6, seed=1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, cfg.model.in_channels, *cfg.model.image_size, generator=g)
@@ -35,8 +42,8 @@ def test_bf16_output_is_fp32_within_bfloat16_rounding():
     cfg, model = tiny_model()
     x, t = inputs(cfg)
     with torch.no_grad():
-        ref = perf.Network(model, precision="fp32")(x, t)
-        out = perf.Network(model, precision="bf16")(x, t)
+        ref = rt.ModelRunner(model, precision="fp32")(x, t)
+        out = rt.ModelRunner(model, precision="bf16")(x, t)
     assert out.dtype == torch.float32 and ref.dtype == torch.float32
     assert not torch.equal(out, ref)  # the network did run in bfloat16
     rel = (out - ref).norm() / ref.norm()
@@ -49,26 +56,29 @@ def test_channels_last_gives_the_contiguous_output_and_the_same_weights():
     cfg, model = tiny_model()
     _, other = tiny_model()
     x, t = inputs(cfg)
-    perf.to_memory_format(other, "channels_last")
+    rt.to_memory_format(other, "channels_last")
     assert other.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
         assert torch.equal(a, b), k
     with torch.no_grad():
-        ref = perf.Network(model)(x, t)
-        out = perf.Network(other, memory_format="channels_last")(x, t)
+        ref = rt.ModelRunner(model)(x, t)
+        out = rt.ModelRunner(other, memory_format="channels_last")(x, t)
     assert out.is_contiguous()
     assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_sample_images_with_the_options_matches_fp32():
+def test_sampling_with_the_runtime_options_matches_fp32():
     cfg, model = tiny_model()
-    kw = dict(generator=torch.Generator().manual_seed(0), sampler="ddim", steps=5, progress=False)
-    ref = sample_images(model, cfg, 4, precision="fp32", **kw)
-    kw["generator"] = torch.Generator().manual_seed(0)
-    cl = sample_images(model, cfg, 4, precision="fp32", memory_format="channels_last", **kw)
+    run = Run.of(model, cfg)
+
+    def sample(**runtime):
+        return run.sample(4, generator=torch.Generator().manual_seed(0), sampling=SamplingOptions("ddim", steps=5),
+                          runtime=RuntimeConfig("cpu", **runtime), progress=False)
+
+    ref = sample(precision="fp32")
+    cl = sample(precision="fp32", memory_format="channels_last")
     assert torch.allclose(cl, ref, atol=1e-4)
-    kw["generator"] = torch.Generator().manual_seed(0)
-    bf = sample_images(model, cfg, 4, precision="bf16", memory_format="channels_last", **kw)
+    bf = sample(precision="bf16", memory_format="channels_last")
     # Five deterministic steps in [-1, 1]: bf16 rounding of the network moves the images by a few eps.
     assert (bf - ref).abs().mean() < 8 * BF16_EPS
 
@@ -79,7 +89,7 @@ def test_adamw_implementations_compute_the_same_update(impl):
     for name in ("fused", impl):
         torch.manual_seed(0)
         p = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
-        opt = perf.make_adamw(p, lr=1e-2, weight_decay=0.1, impl=name, device="cpu")
+        opt = rt.make_adamw(p, lr=1e-2, weight_decay=0.1, impl=name, device="cpu")
         for step in range(3):
             g = torch.Generator().manual_seed(step)
             for q in p:
@@ -91,37 +101,45 @@ def test_adamw_implementations_compute_the_same_update(impl):
 
 
 def test_training_with_every_option_resumes_exactly(tmp_path):
-    opts = dict(precision="bf16", memory_format="channels_last", adamw_impl="fused", compile="none")
-    train(tiny_config(steps=4, **opts), tmp_path / "full", progress=False)
-    train(tiny_config(steps=2, **opts), tmp_path / "split", progress=False)
-    train(tiny_config(steps=4, **opts), tmp_path / "split", resume=True, progress=False)
+    def config(steps):
+        return with_runtime(tiny_config(steps=steps, adamw_impl="fused"), precision="bf16",
+                            memory_format="channels_last", compile="none")
+
+    train(config(4), tmp_path / "full", progress=False)
+    train(config(2), tmp_path / "split", progress=False)
+    train(config(4), tmp_path / "split", resume=True, progress=False)
     a, b = load_file(tmp_path / "full" / CHECKPOINT), load_file(tmp_path / "split" / CHECKPOINT)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     run = load_run(tmp_path / "full")
-    assert run.config == tiny_config(steps=4, **opts)  # the options survive the JSON round trip
+    assert run.config == config(4)  # the options survive the JSON round trip
+    assert (run.config.runtime.precision, run.config.runtime.memory_format) == ("bf16", "channels_last")
     losses = [json.loads(line)["loss"] for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     assert all(0 < v < 10 for v in losses)
 
 
 def test_auto_defaults_and_old_configs():
-    assert perf.resolve_precision("auto", "cpu") == ("bf16" if perf.native_bf16("cpu") else "fp32")
-    assert perf.resolve_memory_format("auto", "cpu") == "contiguous"
-    assert perf.resolve_compile("auto", "cpu") == "none"
-    assert perf.resolve_adamw_impl("auto", "cpu") == "fused"
-    d = tiny_config().to_dict()
-    for k in ("precision", "memory_format", "compile", "adamw_impl"):
-        del d["train"][k]  # a config saved before the options existed
-    assert RunConfig.from_dict(d).train.precision == "auto"
+    assert rt.resolve_precision("auto", "cpu") == ("bf16" if rt.native_bf16("cpu") else "fp32")
+    assert rt.resolve_memory_format("auto", "cpu") == "contiguous"
+    assert rt.resolve_compile("auto", "cpu") == "none"
+    assert rt.resolve_adamw_impl("auto", "cpu") == "fused"
+    assert rt.resolve("cpu", compile="auto", sampling=True) == rt.resolve("cpu")  # no compiling on a CPU
+    d = with_runtime(tiny_config()).to_dict()
+    del d["runtime"], d["train"]["adamw_impl"]  # a config saved before the options existed
+    old = RunConfig.from_dict(d)
+    assert old.runtime == RuntimeConfig() and old.train.adamw_impl == "auto"
+    # A config saved while the device and the speed options were train fields: they move to its runtime.
+    d["train"].update(device="cpu", precision="bf16", memory_format="channels_last", compile="none")
+    assert RunConfig.from_dict(d).runtime == RuntimeConfig("cpu", "bf16", "channels_last", "none")
 
 
 def test_unknown_option_names_are_user_errors(tmp_path):
     cfg, model = tiny_model()
     with pytest.raises(UserError, match="unknown precision 'fp8'"):
-        sample_images(model, cfg, 2, precision="fp8", progress=False)
+        Run.of(model, cfg).sample(2, runtime=RuntimeConfig(precision="fp8"), progress=False)
     with pytest.raises(UserError, match="unknown memory_format"):
-        train(tiny_config(memory_format="nhwc"), tmp_path / "run", progress=False)
+        train(with_runtime(tiny_config(), memory_format="nhwc"), tmp_path / "run", progress=False)
     with pytest.raises(UserError, match="unknown adamw_impl"):
         train(tiny_config(adamw_impl="apex"), tmp_path / "run", progress=False)
 

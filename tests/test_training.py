@@ -4,11 +4,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpm.api import load_run
+from ddpm.checkpoint import CHECKPOINT, load_training_state
 from ddpm.config import RunConfig
 from ddpm.errors import UserError
-from ddpm.training.checkpoint import CHECKPOINT, atomic_write, load_training_state
-from ddpm.training.loop import lr_at, train
+from ddpm.io import atomic_write
+from ddpm.pipeline import load_run
+from ddpm.training.loop import train
+from ddpm.training.step import lr_at
 from tests.conftest import tiny_config
 
 

@@ -9,14 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.api import load_run, make_denoiser, sample_images
 from ddpm.cli import main
 from ddpm.diffusion.schedule import make_schedule
 from ddpm.errors import UserError
+from ddpm.pipeline import SamplingOptions, load_run
+from ddpm.pipeline.interpolation import grid_from, interpolate_images, interpolate_seeds, slerp
 from ddpm.sampling.ancestral import sample_ancestral
 from ddpm.sampling.grids import timestep_grid
-from ddpm.sampling.interpolation import grid_from, interpolate_images, interpolate_seeds, slerp
 from ddpm.sampling.noise import randn, seed_generators
+from ddpm.training.loop import train
 from ddpm.viz.figures import resolve_steps
 from ddpm.viz.plots import save_loss_plot, schedule_curves
 from ddpm.viz.process import TrajectoryRecorder, forward_strip, nearest_on_grid
@@ -25,8 +26,6 @@ from tests.conftest import tiny_config
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from ddpm.training.loop import train
-
     return train(tiny_config(), tmp_path_factory.mktemp("viz") / "run", progress=False)
 
 
@@ -74,9 +73,9 @@ def test_interpolate_images_endpoints_follow_each_sources_reverse_path(tiny_run)
     cfg, T = run.config, run.schedule.num_timesteps
     g = torch.Generator().manual_seed(1)
     x_a, x_b = torch.rand(1, 1, 8, 8, generator=g) * 2 - 1, torch.rand(1, 1, 8, 8, generator=g) * 2 - 1
-    out = interpolate_images(run.model, cfg, x_a, x_b, [0, 12], [0.0, 0.5, 1.0], seed=7)
+    out = interpolate_images(run, x_a, x_b, [0, 12], [0.0, 0.5, 1.0], seed=7)
     assert out.shape == (2, 3, 1, 8, 8)
-    denoise = make_denoiser(run.model, cfg, run.schedule)
+    denoise = run.denoiser()
     eps = randn(x_a.shape, torch.Generator().manual_seed(7), "cpu")
     for row, t in enumerate([0, 12]):
         for col, x in ((0, x_a), (2, x_b)):
@@ -93,13 +92,13 @@ def test_interpolate_images_endpoints_follow_each_sources_reverse_path(tiny_run)
 
 def test_seed_interpolation_starts_at_the_seeds_sample(tiny_run):
     run = load_run(tiny_run)
-    row = interpolate_seeds(run.model, run.config, 3, 4, [0.0, 0.5, 1.0], progress=False)
-    alone = sample_images(run.model, run.config, 1, generator=seed_generators([3]), progress=False)
+    row = interpolate_seeds(run, 3, 4, [0.0, 0.5, 1.0], progress=False)
+    alone = run.sample(1, generator=seed_generators([3]), progress=False)
     assert torch.allclose(row[0], alone[0], atol=1e-5)
     # Deterministic DDIM: both ends are their seeds' samples.
-    row = interpolate_seeds(run.model, run.config, 3, 4, [0.0, 1.0], sampler="ddim", steps=5, progress=False)
-    ends = sample_images(run.model, run.config, 2, generator=seed_generators([3, 4]), sampler="ddim", steps=5,
-                         progress=False)
+    ddim = SamplingOptions("ddim", steps=5)
+    row = interpolate_seeds(run, 3, 4, [0.0, 1.0], sampling=ddim, progress=False)
+    ends = run.sample(2, generator=seed_generators([3, 4]), sampling=ddim, progress=False)
     assert torch.allclose(row, ends, atol=1e-5)
 
 
@@ -109,7 +108,7 @@ def test_trajectory_recorder_sees_x_T_and_the_output(tiny_run):
     grid = timestep_grid(T)
     rec = TrajectoryRecorder([T - 1, 0], grid, k=2)
     gens = seed_generators([0, 1])
-    x = sample_images(run.model, run.config, 2, generator=gens, callback=rec, progress=False)
+    x = run.sample(2, generator=gens, callback=rec, progress=False)
     x_T = randn((2, 1, 8, 8), seed_generators([0, 1]), "cpu")
     assert torch.equal(rec.snapshots[T - 1][0], x_T)
     # At t = 0 the last step returns the predicted x0: the output itself.

@@ -8,7 +8,29 @@ Everything the practical needs, bottom-up (each layer imports only the ones abov
     denoiser and samplers                 Denoiser, sample_ancestral, sample_ddim, sample_dpmpp_2m, SAMPLERS
     the pipeline                          load_run, Run (.sample, .steps), SamplingOptions, GuidanceOptions
     training                              train, train_step, TrainState
+
+The package's layers, bottom-up. A module imports only from its own layer and the layers below it
+(tests/test_layers.py checks every import), so a newcomer can read the package from the bottom and
+never meet a name from a floor above.
+
+    errors, io      one-line user errors; atomic writes, safetensors reading, device resolution
+    diffusion       schedules, forward process and posterior, parametrizations, losses, likelihood
+    runtime         how the network runs: precision, memory format, compilation
+    config          typed dataclasses (model, diffusion, train, runtime), saved with every run
+    checkpoint      the run folder: config, checkpoint and EMA files
+    presets         named configs
+    models          the U-Net, its layers, the classifiers (the network knows no diffusion math)
+    data            data sets as tensors in [-1, 1]
+    sampling        denoiser, grids, samplers as step generators, guidance wrappers
+    viz             grids, trajectories, GIFs, plots
+    pipeline        Run: model + schedule + options -> images, or an iterator of steps
+    training        train_step, the loop, EMA, distributed helpers, the classifiers' training
+    evaluation      features, FID/KID, precision/recall, NLL
+    cli             one module per ``ddpm`` sub-command, flags derived from the configs
 """
+
+LAYERS = ("errors", "io", "diffusion", "runtime", "config", "checkpoint", "presets", "models", "data", "sampling",
+          "viz", "pipeline", "training", "evaluation", "cli")
 
 from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig
 from ddpm.diffusion.process import q_posterior, q_sample

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import tomllib
 
 from ddpm.diffusion.likelihood import LEARNED_VARIANCES, VARIANCES
 from ddpm.diffusion.losses import LOSSES
@@ -36,9 +37,11 @@ CompileModeName = Literal[COMPILE_MODES]
 AdamWImplName = Literal[ADAMW_IMPLS]
 
 
-def doc(default, help: str):
-    """A dataclass field with its ``help``: the text of the CLI flag derived from it."""
-    return field(default=default, metadata={"help": help})
+def doc(default, help: str, **cli):
+    """A dataclass field with its ``help``, the text of the CLI flag derived from it; ``cli`` holds further
+    hints for that flag: ``positive=True`` (an int that must be > 0), ``flag="name"`` (another flag name),
+    ``cli=False`` (no flag)."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass
@@ -47,7 +50,7 @@ class ModelConfig:
 
     image_size: tuple[int, int] = doc((8, 8), "height, width")
     in_channels: int = doc(1, "image channels (1 grey, 3 RGB)")
-    out_channels: int = doc(1, "output channels (derived: twice in_channels for a learned variance)")
+    out_channels: int = doc(1, "output channels (derived: twice in_channels for a learned variance)", cli=False)
     base_channels: int = doc(64, "channels of the first level")
     channel_mult: tuple[int, ...] = doc((1, 2), "channel multiplier per level")
     num_res_blocks: int = doc(2, "ResNet blocks per level")
@@ -57,13 +60,13 @@ class ModelConfig:
     resblock_conditioning: Literal["scale_shift", "additive"] = doc(
         "scale_shift", "time conditioning: scale_shift (AdaGN) or additive (Ho et al.)")
     norm_groups: int = doc(32, "GroupNorm groups")
-    num_classes: int | None = doc(None, "class-conditional when set; index num_classes means 'no label'")
+    num_classes: int | None = doc(None, "class-conditional when set; index num_classes means 'no label'", cli=False)
 
 
 @dataclass
 class DiffusionConfig:
     schedule: ScheduleName = doc("linear", "variance schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)")
-    timesteps: int = doc(1000, "T, the number of diffusion steps")
+    timesteps: int = doc(1000, "T, the number of diffusion steps", positive=True)
     prediction: PredictionName = doc("eps", "what the network predicts: eps, x0 or v")
     # Reverse-process variance: fixed "beta" | "beta_tilde" (Ho et al.), or output by the network:
     # "learned" (a log-variance) | "learned_range" (Improved DDPM Eq. 15); see ``derive``.
@@ -82,8 +85,8 @@ class TrainConfig:
     data_dir: str | None = doc(None, "folder holding a named set's original files (MNIST IDX files, CIFAR-10 "
                                "batches); without it they are downloaded")
     skip_bad_images: bool = doc(False, "leave unreadable images out with a warning instead of stopping")
-    steps: int = doc(6000, "optimisation steps")
-    batch_size: int = doc(128, "images per step")
+    steps: int = doc(6000, "optimisation steps", positive=True)
+    batch_size: int = doc(128, "images per step", positive=True)
     lr: float = doc(1e-3, "peak learning rate (AdamW)")
     warmup_steps: int = doc(200, "steps of linear learning-rate warm-up")
     lr_decay: Literal["constant", "cosine"] = doc("cosine", "after warm-up: constant, or cosine down to "
@@ -93,10 +96,10 @@ class TrainConfig:
     grad_clip: float = doc(1.0, "clip the gradient norm to this (0: off)")
     ema_decay: float = doc(0.999, "decay of the weights' exponential moving average (the sampling model)")
     seed: int = doc(0, "seed of every random draw of the run")
-    log_every: int = doc(50, "steps between log lines")
+    log_every: int = doc(50, "steps between log lines", positive=True)
     sample_every: int = doc(1000, "steps between sample grids (0: only at the end)")
-    checkpoint_every: int = doc(1000, "steps between checkpoints")
-    num_sample_images: int = doc(64, "images in each sample grid")
+    checkpoint_every: int = doc(1000, "steps between checkpoints", positive=True)
+    num_sample_images: int = doc(64, "images in each sample grid", positive=True)
     # Class-conditional models (model.num_classes set): the share of labels replaced by the "no label"
     # index each step, so one network also learns eps(x_t, none) for classifier-free guidance
     # (Ho & Salimans 2022, Algorithm 1: p_uncond = 0.1 or 0.2).

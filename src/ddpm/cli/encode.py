@@ -4,7 +4,8 @@ The deterministic DDIM sampler (Song et al. 2021, §4.3 and §5.4) is an ODE sol
 forwards maps an image to the noise that generates it. Writes DIR/encode.png (originals | latents |
 reconstructions; latents shown as x_T / 3, clipped, so +-3 standard deviations span black to white),
 DIR/latents.safetensors (``x_T`` and the ``x0`` it encodes, float32 (N, C, H, W)) and DIR/metrics.json
-with the reconstruction MSE on the [-1, 1] scale.
+with the reconstruction MSE on the [-1, 1] scale. The network runs in float32 unless ``--precision``
+says otherwise (the inversion and the reconstruction compound its rounding).
 """
 
 from __future__ import annotations
@@ -13,7 +14,23 @@ import argparse
 import json
 from pathlib import Path
 
-from ddpm.cli._common import add_device, positive_int
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from safetensors.torch import save_file
+
+from ddpm.cli._common import add_config_flags, device_of, positive_int, runtime_config
+from ddpm.config import RuntimeConfig
+from ddpm.data.datasets import load_dataset, to_unit_range
+from ddpm.errors import UserError
+from ddpm.io import atomic_write, write_text_atomic
+from ddpm.pipeline import SamplingOptions, load_run
+from ddpm.sampling.ddim import ddim_invert, sample_ddim
+from ddpm.sampling.grids import timestep_grid
+from ddpm.viz.grid import auto_scale, make_grid, save_image, to_uint8
+
+DEFAULT_STEPS, DEFAULT_GRID = 100, "even"
+# Inversion runs the network in float32 unless asked otherwise: the round trip compounds its rounding.
+EXACT = RuntimeConfig(precision="fp32", memory_format="contiguous", compile="none")
 
 
 def add_parser(sub) -> None:
@@ -24,28 +41,18 @@ def add_parser(sub) -> None:
     src.add_argument("--image", help="one image file, resized to the model's size")
     p.add_argument("--data-dir", help="folder holding the data set's files")
     p.add_argument("--n", type=positive_int("--n"), default=16, help="images from --data (default: 16)")
-    p.add_argument("--steps", type=positive_int("--steps"), default=100,
-                   help="network calls each way (default: 100; the grid starts at T-1)")
-    p.add_argument("--grid", choices=["even", "trailing", "quadratic", "logsnr"], default="even",
-                   help="timestep spacing (default: even)")
-    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
-                   help="clip the predicted x0 to [-1, 1] (default: the run's setting)")
     p.add_argument("--out", required=True, help="output folder")
-    add_device(p)
+    add_config_flags(p, SamplingOptions, only=("steps", "grid", "clip_x0"), title="DDIM (network calls each way)",
+                     defaults={"steps": DEFAULT_STEPS, "grid": DEFAULT_GRID})
+    add_config_flags(p, RuntimeConfig, defaults={"precision": EXACT.precision, "memory_format": EXACT.memory_format,
+                                                  "compile": EXACT.compile}, title="runtime (how the network runs)")
     p.set_defaults(func=run)
 
 
 def load_images(args: argparse.Namespace, cfg):
     """(N, C, H, W) float32 in [-1, 1] from --data or --image, checked against the model's shape."""
-    import numpy as np
-
-    from ddpm.data.datasets import load_dataset, to_unit_range
-    from ddpm.errors import UserError
-
     c, (h, w) = cfg.model.in_channels, cfg.model.image_size
     if args.image is not None:
-        from PIL import Image, UnidentifiedImageError
-
         try:
             img = Image.open(args.image)
             img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BICUBIC)
@@ -60,24 +67,13 @@ def load_images(args: argparse.Namespace, cfg):
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from safetensors.torch import save_file
-
-    from ddpm.api import load_run, make_denoiser
-    from ddpm.sampling.ddim import ddim_invert, sample_ddim
-    from ddpm.sampling.grids import timestep_grid
-    from ddpm.training.checkpoint import write_text_atomic
-    from ddpm.training.distributed import DistEnv, resolve_device
-    from ddpm.viz.grid import auto_scale, make_grid, save_image, to_uint8
-
-    device = resolve_device(args.device or "auto", DistEnv())
-    run = load_run(args.checkpoint, device)
-    x0 = load_images(args, run.config).to(device)
-    grid = timestep_grid(run.schedule.num_timesteps, args.steps, args.grid, schedule=run.schedule)
-    denoise = make_denoiser(run.model, run.config, run.schedule, clip_x0=args.clip_x0)
-    x_T = ddim_invert(denoise, x0, run.schedule, grid)
-    recon = sample_ddim(denoise, x_T, run.schedule, grid, eta=0.0)
+    run_ = load_run(args.checkpoint, device_of(args))
+    x0 = load_images(args, run_.config).to(run_.device)
+    grid_kind = args.grid or DEFAULT_GRID
+    grid = timestep_grid(run_.schedule.num_timesteps, args.steps or DEFAULT_STEPS, grid_kind, schedule=run_.schedule)
+    denoise = run_.denoiser(clip_x0=args.clip_x0, runtime=runtime_config(args, EXACT))
+    x_T = ddim_invert(denoise, x0, run_.schedule, grid)
+    recon = sample_ddim(denoise, x_T, run_.schedule, grid, eta=0.0)
     per_image = (recon - x0).pow(2).flatten(1).mean(1).cpu()
 
     out = Path(args.out)
@@ -87,10 +83,10 @@ def run(args: argparse.Namespace) -> int:
     picture = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
     scale = auto_scale(x0.shape[-2])
     save_image(picture.repeat(scale, axis=0).repeat(scale, axis=1), out / "encode.png")
-    save_file({"x_T": x_T.float().cpu().contiguous(), "x0": x0.float().cpu().contiguous()},
-              str(out / "latents.safetensors"))
+    latents = {"x_T": x_T.float().cpu().contiguous(), "x0": x0.float().cpu().contiguous()}
+    atomic_write(out / "latents.safetensors", lambda tmp: save_file(latents, tmp))
     metrics = {"mse": per_image.mean().item(), "per_image_mse": per_image.tolist(), "steps": len(grid),
-               "grid": args.grid, "timesteps": grid, "checkpoint": str(args.checkpoint)}
+               "grid": grid_kind, "timesteps": grid, "checkpoint": str(args.checkpoint)}
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(f"reconstruction MSE {metrics['mse']:.5f} over {len(x0)} image(s) with {len(grid)} DDIM steps each way; "
           f"wrote {out}/encode.png, latents.safetensors, metrics.json")

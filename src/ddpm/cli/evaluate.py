@@ -17,8 +17,14 @@ import json
 import time
 from pathlib import Path
 
-from ddpm.cli._common import add_device, positive_int
+from ddpm.cli._common import add_config_flags, add_runtime_flags, config_values, device_of, positive_int, runtime_config
+from ddpm.data.datasets import load_dataset
 from ddpm.errors import UserError
+from ddpm.evaluation.features import extract, make_extractor
+from ddpm.evaluation.reference import classifier_reference, reference_stats
+from ddpm.evaluation.report import SAMPLE_METRICS, check_sample_count, compute_metrics, format_table, parse_metrics
+from ddpm.evaluation.samples import generate_samples, load_samples
+from ddpm.pipeline import SamplingOptions, load_run
 
 # Metrics that need the model itself rather than its samples: name -> "module:function". The function
 # is called as fn(run, dataset, n, *, device, seed, progress) and returns a dict of floats for the report.
@@ -39,8 +45,6 @@ def add_parser(sub) -> None:
                    f"(default: {DEFAULT_METRICS})")
     p.add_argument("--n", type=positive_int("--n"),
                    help=f"number of samples (default: {DEFAULT_N} from a run, all of --samples)")
-    p.add_argument("--sampler", default="ancestral", help="sampler name (default: ancestral, Algorithm 2)")
-    p.add_argument("--steps", type=positive_int("--steps"), help="sampling steps (default: all T)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i (default: 0)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
     p.add_argument("--features", choices=["inception", "classifier"],
@@ -52,13 +56,12 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", help="folder holding the reference data set's files")
     p.add_argument("--out", help="JSON report path (default: RUN/eval/... or next to --samples)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_device(p)
+    add_config_flags(p, SamplingOptions, title="sampler (with --checkpoint)")
+    add_runtime_flags(p, of_run=True)
     p.set_defaults(func=run)
 
 
 def _known_metrics() -> tuple[str, ...]:
-    from ddpm.evaluation.report import SAMPLE_METRICS
-
     return (*SAMPLE_METRICS, *MODEL_METRICS)
 
 
@@ -77,20 +80,12 @@ def default_out(args, features: str, n: int) -> Path:
         folder = Path(args.checkpoint)
         folder = folder if folder.is_dir() else folder.parent
         steps = f"-{args.steps}steps" if args.steps else ""
-        return folder / "eval" / f"{features}-{args.sampler}{steps}-n{n}-seed{args.seed}.json"
+        return folder / "eval" / f"{features}-{args.sampler or 'ancestral'}{steps}-n{n}-seed{args.seed}.json"
     p = Path(args.samples)
     return (p if p.is_dir() else p.parent) / f"eval-{features}-n{n}.json"
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddpm.api import load_run
-    from ddpm.data.datasets import load_dataset
-    from ddpm.evaluation.features import extract, make_extractor
-    from ddpm.evaluation.reference import classifier_reference, reference_stats
-    from ddpm.evaluation.report import SAMPLE_METRICS, check_sample_count, compute_metrics, format_table, parse_metrics
-    from ddpm.evaluation.samples import generate_samples, load_samples
-    from ddpm.training.distributed import DistEnv, resolve_device
-
     progress = not args.no_progress
     names = parse_metrics(args.metrics, _known_metrics())
     sample_names = [m for m in names if m in SAMPLE_METRICS]
@@ -99,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{', '.join(model_fns)} needs the model: pass --checkpoint, not --samples")
     if args.steps is not None and args.samples:
         raise UserError("--steps applies to sampling from --checkpoint, not to --samples")
-    device = resolve_device(args.device or "auto", DistEnv())
+    sampling = SamplingOptions(**config_values(args, SamplingOptions))
+    if args.samples and sampling != SamplingOptions():
+        raise UserError("the sampler flags apply to sampling from --checkpoint, not to --samples")
+    device = device_of(args)
 
     run_ = load_run(args.checkpoint, device) if args.checkpoint else None
     data_name = args.reference or (run_.config.train.data if run_ else "digits")
@@ -113,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                     "seconds": {}}
     if run_:
         shape = (run_.config.model.in_channels, *run_.config.model.image_size)
-        report["source"] = {"checkpoint": str(args.checkpoint), "step": run_.step, "sampler": args.sampler,
+        report["source"] = {"checkpoint": str(args.checkpoint), "step": run_.step, "sampler": sampling.sampler,
                             "steps": args.steps or run_.config.diffusion.timesteps, "seed": args.seed}
     else:
         report["source"] = {"samples": str(args.samples)}
@@ -136,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
             if shape != reference.shape:
                 raise UserError(f"the run makes {'x'.join(map(str, shape))} images but {reference.name} holds "
                                 f"{'x'.join(map(str, reference.shape))} images; pick a matching --reference")
-            images = generate_samples(run_.model, run_.config, n, seed=args.seed, batch_size=args.batch_size,
-                                      device=device, sampler=args.sampler, steps=args.steps, progress=progress)
+            images = generate_samples(run_, n, seed=args.seed, batch_size=args.batch_size, progress=progress,
+                                      sampling=sampling, runtime=runtime_config(args, run_.config.runtime))
             report["seconds"]["sampling"] = time.perf_counter() - t0
         else:
             images = load_samples(args.samples, n)

@@ -9,8 +9,17 @@ Needs no model: the schedule comes from ``ddpm.diffusion.schedule.make_schedule`
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ddpm.cli._common import picture_path, positive_int
+import torch
+
+from ddpm.cli._common import add_config_flags, parse_ints, picture_path, positive_int
+from ddpm.config import DiffusionConfig
+from ddpm.data.datasets import DATASETS, load_dataset, to_unit_range
+from ddpm.data.folder import find_images, first_image_shape, load_image
+from ddpm.diffusion.schedule import make_schedule
+from ddpm.viz.figures import resolve_steps
+from ddpm.viz.process import default_forward_steps, save_forward_strip
 
 
 def add_parser(sub) -> None:
@@ -21,8 +30,7 @@ def add_parser(sub) -> None:
     src.add_argument("--image", help="one image file")
     p.add_argument("--data-dir", help="folder with a named set's original files (see ddpm train --help)")
     p.add_argument("--t", help="comma-separated 0-based steps (default: 0,5,10,50,100,999 scaled to T)")
-    p.add_argument("--schedule", choices=["linear", "cosine"], default="linear", help="(default: linear)")
-    p.add_argument("--timesteps", type=positive_int("--timesteps"), default=1000, help="T (default: 1000)")
+    add_config_flags(p, DiffusionConfig, only=("schedule", "timesteps"))
     p.add_argument("--n", type=positive_int("--n"), default=8, help="images from --data (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="picks the images and the noise (default: 0)")
     p.add_argument("--image-size", type=positive_int("--image-size"),
@@ -35,13 +43,6 @@ def add_parser(sub) -> None:
 
 def load_images(args, count: int):
     """``count`` images (N, C, H, W) in [-1, 1] from --image or --data, chosen by --seed."""
-    from pathlib import Path
-
-    import torch
-
-    from ddpm.data.datasets import DATASETS, load_dataset, to_unit_range
-    from ddpm.data.folder import find_images, first_image_shape, load_image
-
     size = None if args.image_size is None else (args.image_size, args.image_size)
     if args.image:
         return to_unit_range(load_image(args.image, size, args.channels, max_side=128)[None])
@@ -61,19 +62,13 @@ def load_images(args, count: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ddpm.diffusion.schedule import make_schedule
-    from ddpm.viz.figures import parse_steps, resolve_steps
-    from ddpm.viz.process import default_forward_steps, save_forward_strip
-
-    T = args.timesteps
-    steps = resolve_steps(parse_steps(args.t) if args.t else default_forward_steps(T), T)
+    T, schedule_name = args.timesteps or DiffusionConfig.timesteps, args.schedule or DiffusionConfig.schedule
+    steps = resolve_steps(parse_ints(args.t) if args.t else default_forward_steps(T), T)
     x0 = load_images(args, args.n)
-    schedule = make_schedule(args.schedule, T)
+    schedule = make_schedule(schedule_name, T)
     out = picture_path(args.out, "forward.png")
     g = torch.Generator().manual_seed(args.seed)
-    title = f"q(x_t | x_0), {args.schedule} schedule, T = {T}"
+    title = f"q(x_t | x_0), {schedule_name} schedule, T = {T}"
     save_forward_strip(x0, schedule, steps, out, generator=g, title=title)
     print(f"wrote {out} ({len(x0)} image(s) x steps {', '.join(map(str, steps))})")
     return 0

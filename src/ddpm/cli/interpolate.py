@@ -17,7 +17,24 @@ from __future__ import annotations
 
 import argparse
 
-from ddpm.cli._common import add_device, picture_path, positive_int
+import torch
+
+from ddpm.cli._common import (
+    add_config_flags,
+    add_runtime_flags,
+    config_values,
+    device_of,
+    parse_floats,
+    parse_ints,
+    picture_path,
+    positive_int,
+    runtime_config,
+)
+from ddpm.data.datasets import load_dataset, to_unit_range
+from ddpm.data.folder import load_image
+from ddpm.errors import UserError
+from ddpm.pipeline import SamplingOptions, interpolate_images, interpolate_seeds, load_run
+from ddpm.viz.figures import resolve_steps, save_labeled_grid
 
 
 def add_parser(sub) -> None:
@@ -35,23 +52,15 @@ def add_parser(sub) -> None:
     p.add_argument("--index", help="images: the two images' indices in --data (default: two picked by --seed)")
     p.add_argument("--image-a", help="images: first image file (instead of --data)")
     p.add_argument("--image-b", help="images: second image file")
-    p.add_argument("--sampler", choices=["ancestral", "ddim", "dpm++2m"],
-                   help="reverse process (default: ddim for seeds, ancestral (Algorithm 2) for images)")
-    p.add_argument("--steps", type=positive_int("--steps"), help="sampling steps over the whole of T (default: all)")
     p.add_argument("--out", help="PNG file, or a folder (default: RUN/interpolate-MODE.png)")
-    add_device(p)
+    add_config_flags(p, SamplingOptions, title="sampler (default: ddim for seeds, ancestral (Algorithm 2) for images; "
+                     "--steps counts over the whole of T)")
+    add_runtime_flags(p, of_run=True)
     p.set_defaults(func=run)
 
 
 def _two_images(args, cfg):
     """(1, C, H, W) x 2 in [-1, 1], fitted to the model, and their labels for the picture."""
-    import torch
-
-    from ddpm.data.datasets import load_dataset, to_unit_range
-    from ddpm.data.folder import load_image
-    from ddpm.errors import UserError
-    from ddpm.viz.figures import parse_steps
-
     size, channels = tuple(cfg.model.image_size), cfg.model.in_channels
     if args.image_a or args.image_b:
         if not (args.image_a and args.image_b) or args.data:
@@ -61,7 +70,7 @@ def _two_images(args, cfg):
     name, data_dir = (args.data, args.data_dir) if args.data else (cfg.train.data, args.data_dir or cfg.train.data_dir)
     data = load_dataset(name, data_dir, image_size=size, channels=channels, min_images=2)
     if args.index:
-        idx = parse_steps(args.index, "--index")
+        idx = parse_ints(args.index, "--index")
         if len(idx) != 2 or not all(0 <= i < len(data) for i in idx):
             raise UserError(f"--index takes two indices in 0..{len(data) - 1}, got {args.index}")
     else:
@@ -70,22 +79,15 @@ def _two_images(args, cfg):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ddpm.api import load_run
-    from ddpm.errors import UserError
-    from ddpm.sampling.interpolation import interpolate_images, interpolate_seeds
-    from ddpm.training.distributed import DistEnv, resolve_device
-    from ddpm.viz.figures import parse_floats, parse_steps, resolve_steps, save_labeled_grid
-
     lambdas = parse_floats(args.lambdas, "--lambdas")
     if not all(0.0 <= v <= 1.0 for v in lambdas):
         raise UserError(f"--lambdas must lie in [0, 1], got {args.lambdas}")
-    device = resolve_device(args.device or "auto", DistEnv())
-    run = load_run(args.checkpoint, device)
+    values = config_values(args, SamplingOptions)
+    sampler = values.setdefault("sampler", "ddim" if args.mode == "seeds" else "ancestral")
+    sampling = SamplingOptions(**values)
+    run = load_run(args.checkpoint, device_of(args))
     cfg, T = run.config, run.schedule.num_timesteps
-    sampler = args.sampler or ("ddim" if args.mode == "seeds" else "ancestral")
-    options = dict(sampler=sampler, progress=False, device=device)
+    options = dict(sampling=sampling, runtime=runtime_config(args, cfg.runtime), progress=False)
     name = f"interpolate-{args.mode}.png"
     out = picture_path(args.out, name) if args.out else (run.path if run.path.is_dir() else run.path.parent) / name
     lam_labels = [f"{v:g}" for v in lambdas]
@@ -95,16 +97,15 @@ def run(args: argparse.Namespace) -> int:
         rows, labels = [], []
         for r in range(args.rows):
             a, b = args.seed + 2 * r, args.seed + 2 * r + 1
-            rows.append(interpolate_seeds(run.model, cfg, a, b, lambdas, steps=args.steps, **options))
+            rows.append(interpolate_seeds(run, a, b, lambdas, **options))
             labels.append(f"seeds {a}-{b}")
         save_labeled_grid(torch.stack(rows), out, col_labels=[f"λ={v}" for v in lam_labels], row_labels=labels,
                           title=f"slerp between the x_T of two seeds, then {sampler} sampling")
     else:
         (x_a, x_b), names = _two_images(args, cfg)
         default = [0, round(T / 4), round(T / 2), round(3 * T / 4), T - 1]
-        steps = resolve_steps(parse_steps(args.t) if args.t else default, T)
-        mixed = interpolate_images(run.model, cfg, x_a, x_b, steps, lambdas, seed=args.seed,
-                                   sampling_steps=args.steps, **options)
+        steps = resolve_steps(parse_ints(args.t) if args.t else default, T)
+        mixed = interpolate_images(run, x_a, x_b, steps, lambdas, seed=args.seed, **options)
         src_a, src_b = (x.to(mixed.device).expand(len(steps), -1, -1, -1) for x in (x_a, x_b))
         cells = torch.cat([src_a[:, None], mixed, src_b[:, None]], dim=1)
         save_labeled_grid(cells, out, col_labels=[names[0]] + [f"λ={v}" for v in lam_labels] + [names[1]],

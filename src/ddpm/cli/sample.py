@@ -15,41 +15,50 @@ classifier-free guidance of strength ``--guidance W`` (Ho & Salimans 2022). ``--
 --noisy``; Dhariwal & Nichol 2021, Algorithm 1 for ancestral sampling, 2 for the others), which also
 steers an unconditional run.
 
-``--precision``, ``--memory-format`` and ``--compile`` (default: the run's training settings, "auto" = the
-device's defaults: bf16 autocast where the hardware has it) set how the network runs (``ddpm.performance``).
+``--precision``, ``--memory-format`` and ``--compile`` (default: the run's runtime settings, "auto" = the
+device's defaults: bf16 autocast where the hardware has it) set how the network runs (``ddpm.runtime``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from ddpm.cli._common import add_device, add_speed_flags, positive_int
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ddpm.cli._common import (
+    add_config_flags,
+    add_runtime_flags,
+    config_values,
+    device_of,
+    parse_ints,
+    positive_int,
+    runtime_config,
+)
+from ddpm.errors import UserError
+from ddpm.io import write_text_atomic
+from ddpm.pipeline import GuidanceOptions, Run, SamplingOptions, load_run
+from ddpm.sampling.grids import timestep_grid
+from ddpm.sampling.guidance import check_labels
+from ddpm.sampling.noise import seed_generators
+from ddpm.training.noisy_classifier import load_noisy_classifier
+from ddpm.viz.figures import resolve_steps
+from ddpm.viz.grid import save_grid, save_image, to_uint8
+from ddpm.viz.process import TrajectoryRecorder, nearest_on_grid
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sample", help="sample images from a trained run (Algorithm 2)", description=__doc__)
+    p = sub.add_parser("sample", help="sample images from a trained run (Algorithm 2)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run folder (or its ema.safetensors)")
     p.add_argument("--n", type=positive_int("--n"), help="number of samples (default: 64; with --classes, per class, "
                    "default 8)")
     p.add_argument("--class", dest="class_", type=int, metavar="K", help="draw class K (0-based)")
     p.add_argument("--classes", help="'all' (a grid with one row per class) or comma-separated classes")
-    p.add_argument("--guidance", type=float, metavar="W",
-                   help="classifier-free guidance strength w: eps = (1 + w) eps(x, y) - w eps(x) (default: none)")
-    p.add_argument("--classifier", help="noisy classifier for classifier guidance (ddpm train-classifier --noisy)")
-    p.add_argument("--classifier-scale", type=float, metavar="S", help="classifier guidance scale s")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i (default: 0)")
-    p.add_argument("--variance", choices=["beta", "beta_tilde"], help="sigma_t^2 (default: the run's)")
-    p.add_argument("--sampler", choices=["ancestral", "ddim", "dpm++2m", "dpm++2m-sde"], default="ancestral",
-                   help="ancestral (Algorithm 2, default), ddim (Song et al. 2021), dpm++2m or its stochastic "
-                   "form dpm++2m-sde (Lu et al. 2022; best at 10-50 --steps on small models)")
-    p.add_argument("--steps", type=positive_int("--steps"), help="network calls per image (default: all T)")
-    p.add_argument("--eta", type=float, help="DDIM only: 0 deterministic (default), 1 = Algorithm 2 with beta-tilde")
-    p.add_argument("--grid", choices=["even", "trailing", "quadratic", "logsnr"],
-                   help="timestep spacing for --steps (default: trailing for ddim, even otherwise; trailing: T/K "
-                   "apart, from T-1 to T/K-1)")
-    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
-                   help="clip the predicted x0 to [-1, 1] (default: the run's setting)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
     p.add_argument("--trajectory", action="store_true",
                    help="also write trajectory.png (x_t and the predicted x0 at --trajectory-steps for the first "
@@ -57,43 +66,31 @@ def add_parser(sub) -> None:
     p.add_argument("--trajectory-steps", help="0-based steps for trajectory.png (default: 999,750,500,250,100,0 "
                    "scaled to T; T means T-1); a step off the sampler's grid moves to the nearest one on it")
     p.add_argument("--out", help="output folder (default: RUN/samples-seedSEED)")
-    add_speed_flags(p)
-    add_device(p)
+    add_config_flags(p, SamplingOptions, title="sampler")
+    add_config_flags(p, GuidanceOptions, title="guidance")
+    p.add_argument("--classifier", help="noisy classifier for classifier guidance (ddpm train-classifier --noisy)")
+    add_runtime_flags(p, of_run=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
-
-    from ddpm.api import load_run, sample_images
-    from ddpm.sampling.noise import seed_generators
-    from ddpm.training.distributed import DistEnv, resolve_device
-    from ddpm.viz.grid import save_grid, save_image, to_uint8
-
-    sampler_options = _sampler_options(args)
-    device = resolve_device(args.device or "auto", DistEnv())
-    run = load_run(args.checkpoint, device)
-    if args.clip_x0 is not None:
-        run.config.diffusion.clip_x0 = args.clip_x0
-    classifier = _classifier(args, run, device)
-    labels, per_class = _labels(args, run, classifier)
+    sampling = SamplingOptions(**config_values(args, SamplingOptions))
+    run_ = load_run(args.checkpoint, device_of(args))
+    runtime = runtime_config(args, run_.config.runtime)
+    guidance = GuidanceOptions(args.scale, _classifier(args, run_), args.classifier_scale or 0.0)
+    labels, per_class = _labels(args, run_, guidance)
     out = Path(args.out) if args.out else Path(args.checkpoint) / f"samples-seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
 
     wants_trajectory = args.trajectory or args.trajectory_steps is not None
-    recorder, grid = _trajectory_recorder(args, run) if wants_trajectory else (None, None)
+    recorder, grid = _trajectory_recorder(args, run_, sampling) if wants_trajectory else (None, None)
     batches = []
     for start in tqdm(range(0, args.n, args.batch_size), desc="batches", unit="batch"):
         count = min(args.batch_size, args.n - start)
         gens = seed_generators(range(args.seed + start, args.seed + start + count))
-        x = sample_images(run.model, run.config, count, generator=gens, device=device, variance=args.variance,
-                          sampler=args.sampler, steps=args.steps, grid=args.grid, **sampler_options,
-                          timesteps=grid, callback=recorder if start == 0 else None,
-                          y=None if labels is None else labels[start:start + count], guidance=args.guidance,
-                          classifier=classifier, classifier_scale=args.classifier_scale or 0.0,
-                          precision=args.precision, memory_format=args.memory_format, compile=args.compile)
+        x = run_.sample(count, generator=gens, sampling=sampling, guidance=guidance, runtime=runtime,
+                        y=None if labels is None else labels[start:start + count], timesteps=grid,
+                        callback=recorder if start == 0 else None)
         if recorder is not None and start == 0:
             for path in recorder.save(x, out / "trajectory.png", out / "trajectory.gif"):
                 print(f"wrote {path}")
@@ -103,81 +100,48 @@ def run(args: argparse.Namespace) -> int:
         save_image(img, out / f"sample_{i:05d}.png")
     save_grid(images if per_class else images[:256], out / "grid.png", nrow=per_class)
     if labels is not None:
-        import json
-
-        (out / "labels.json").write_text(json.dumps(labels.tolist()) + "\n")
+        write_text_atomic(out / "labels.json", json.dumps(labels.tolist()) + "\n")
     np.savez(out / "samples.npz", images)
     print(f"wrote {len(images)} samples to {out} (grid.png, sample_*.png, samples.npz)")
     return 0
 
 
-def _sampler_options(args: argparse.Namespace) -> dict:
-    """Sampler-specific flags, refused where the chosen sampler has no such option."""
-    from ddpm.errors import UserError
-
-    if args.variance is not None and args.sampler != "ancestral":
-        raise UserError(f"--variance applies to --sampler ancestral, not {args.sampler}")
-    if args.eta is None:
-        return {}
-    if args.sampler != "ddim":
-        raise UserError(f"--eta applies to --sampler ddim, not {args.sampler}")
-    if not 0.0 <= args.eta <= 1.0:
-        raise UserError(f"--eta must be between 0 and 1, got {args.eta}")
-    return {"eta": args.eta}
-
-
-def _trajectory_recorder(args: argparse.Namespace, run):
+def _trajectory_recorder(args: argparse.Namespace, run_: Run, sampling: SamplingOptions):
     """The callback recording --trajectory for the first 8 samples, and the grid it records on."""
-    from ddpm.sampling import DEFAULT_GRIDS
-    from ddpm.sampling.grids import timestep_grid
-    from ddpm.viz.figures import parse_steps, resolve_steps
-    from ddpm.viz.process import TrajectoryRecorder, nearest_on_grid
-
-    T = run.schedule.num_timesteps
-    grid = timestep_grid(T, args.steps, args.grid or DEFAULT_GRIDS.get(args.sampler, "even"), schedule=run.schedule)
+    T = run_.schedule.num_timesteps
+    grid = timestep_grid(T, sampling.steps, sampling.default_grid, schedule=run_.schedule)
     if args.trajectory_steps:
-        wanted = parse_steps(args.trajectory_steps, "--trajectory-steps")
+        wanted = parse_ints(args.trajectory_steps, "--trajectory-steps")
     else:
         wanted = [T - 1, round(0.75 * T), round(0.5 * T), round(0.25 * T), round(0.1 * T), 0]
     steps = nearest_on_grid(resolve_steps(wanted, T), grid)
     return TrajectoryRecorder(steps, grid, k=min(8, args.n)), grid
 
 
-def _classifier(args: argparse.Namespace, run, device):
+def _classifier(args: argparse.Namespace, run_: Run):
     """The noisy classifier of --classifier (checked against the run's diffusion), or None."""
-    from ddpm.errors import UserError
-
     if (args.classifier is None) != (args.classifier_scale is None):
         raise UserError("--classifier PATH and --classifier-scale S go together")
     if args.classifier is None:
         return None
-    from ddpm.training.noisy_classifier import load_noisy_classifier
-
-    classifier, _ = load_noisy_classifier(args.classifier, device, diffusion=run.config.diffusion)
-    want = (run.config.model.in_channels, *run.config.model.image_size)
+    classifier, _ = load_noisy_classifier(args.classifier, run_.device, diffusion=run_.config.diffusion)
     have = (classifier.config.in_channels, *classifier.config.image_size)
-    if want != have:
+    if run_.shape != have:
+        want = run_.shape
         raise UserError(f"the classifier takes {have[0]}x{have[1]}x{have[2]} images, the model draws "
                         f"{want[0]}x{want[1]}x{want[2]}")
     return classifier
 
 
-def _labels(args: argparse.Namespace, run, classifier):
+def _labels(args: argparse.Namespace, run_: Run, guidance: GuidanceOptions):
     """(labels (n,) or None, samples per class for a --classes grid or None); sets args.n to the total.
 
     The one-line errors: a class the model (or classifier) does not know, classes or guidance asked of
     an unconditional model."""
-    import torch
-
-    from ddpm.errors import UserError
-    from ddpm.sampling.guidance import check_labels
-    from ddpm.viz.figures import parse_steps
-
     if args.class_ is not None and args.classes is not None:
         raise UserError("give --class K or --classes, not both")
-    if args.guidance is not None and args.guidance < 0:
-        raise UserError(f"--guidance must be >= 0, got {args.guidance}")
-    num_classes = run.config.model.num_classes
+    classifier = guidance.classifier
+    num_classes = run_.config.model.num_classes
     known = num_classes or (classifier.config.num_classes if classifier is not None else None)
     labels, per_class = None, None
     if args.class_ is not None:
@@ -190,7 +154,7 @@ def _labels(args: argparse.Namespace, run, classifier):
                                 "this model is unconditional")
             classes = list(range(known))
         else:
-            classes = parse_steps(args.classes, "--classes")
+            classes = parse_ints(args.classes, "--classes")
         per_class = args.n or 8
         labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
         args.n = len(labels)
@@ -198,6 +162,6 @@ def _labels(args: argparse.Namespace, run, classifier):
         args.n = args.n or 64
     if classifier is not None and labels is None:
         raise UserError("classifier guidance needs the classes to draw (--class K or --classes all)")
-    check_labels(num_classes, labels, guidance=args.guidance,
+    check_labels(num_classes, labels, guidance=guidance.scale,
                  classifier_classes=None if classifier is None else classifier.config.num_classes)
     return labels, per_class

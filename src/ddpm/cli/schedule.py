@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 
 from ddpm.cli._common import picture_path, positive_int
+from ddpm.errors import UserError
+from ddpm.viz.plots import plot_schedules, schedule_table
 
 
 def add_parser(sub) -> None:
@@ -22,9 +24,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddpm.errors import UserError
-    from ddpm.viz.plots import plot_schedules, schedule_table
-
     if args.out and not args.plot:
         raise UserError("--out needs --plot (without it the schedule is only printed)")
     print(schedule_table(args.timesteps))

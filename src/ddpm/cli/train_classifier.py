@@ -12,9 +12,14 @@ the diffusion given by ``--schedule``/``--timesteps`` (those of the model it wil
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
-from ddpm.cli._common import add_device, positive_int
+from ddpm.cli._common import add_config_flags, add_runtime_flags, device_of, positive_int
+from ddpm.config import update
+from ddpm.data.datasets import load_dataset
 from ddpm.errors import UserError
+from ddpm.evaluation.classifier import ClassifierTrainConfig, save_classifier, train_classifier
+from ddpm.training.noisy_classifier import NoisyClassifierTrainConfig, save_noisy_classifier, train_noisy_classifier
 
 # flag -> field of ClassifierTrainConfig (or of its .model when prefixed "model."). New options (e.g. a
 # time-conditioned classifier on noisy inputs) add a flag in add_parser and a line here.
@@ -44,23 +49,14 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--noisy", action="store_true",
                    help="train the noise-aware classifier p(y | x_t, t) for classifier guidance instead")
-    p.add_argument("--schedule", choices=["linear", "cosine"], help="--noisy: the guided model's schedule (default: linear)")
-    p.add_argument("--timesteps", type=positive_int("--timesteps"), help="--noisy: the guided model's T (default: 1000)")
-    p.add_argument("--base-channels", type=positive_int("--base-channels"),
-                   help="--noisy: width of the U-Net trunk (default: the data set's preset)")
+    add_config_flags(p, NoisyClassifierTrainConfig, only=NOISY_ONLY)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_device(p)
+    add_runtime_flags(p, only=("device",))
     p.set_defaults(func=run)
 
 
 def resolve_config(args: argparse.Namespace):
-    from dataclasses import asdict
-
-    from ddpm.config import update
-    from ddpm.evaluation.classifier import ClassifierTrainConfig
-    from ddpm.training.distributed import DistEnv, resolve_device
-
-    cfg = ClassifierTrainConfig(device=str(resolve_device(args.device or "auto", DistEnv())))
+    cfg = ClassifierTrainConfig(device=str(device_of(args)))
     top, model = {}, {}
     for flag, name in CLASSIFIER_FLAGS.items():
         value = getattr(args, flag, None)
@@ -75,9 +71,6 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddpm.data.datasets import load_dataset
-    from ddpm.evaluation.classifier import save_classifier, train_classifier
-
     if args.noisy:
         return _run_noisy(args)
     for flag in NOISY_ONLY:
@@ -93,15 +86,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_noisy(args: argparse.Namespace) -> int:
-    from ddpm.config import update
-    from ddpm.data.datasets import load_dataset
-    from ddpm.training.distributed import DistEnv, resolve_device
-    from ddpm.training.noisy_classifier import NoisyClassifierTrainConfig, save_noisy_classifier, train_noisy_classifier
-
     if args.feature_dim is not None:
         raise UserError("--feature-dim applies to the clean-image classifier, not --noisy")
     values = {name: getattr(args, flag) for flag, name in NOISY_FLAGS.items() if getattr(args, flag, None) is not None}
-    cfg = update(NoisyClassifierTrainConfig(device=str(resolve_device(args.device or "auto", DistEnv()))), values,
+    cfg = update(NoisyClassifierTrainConfig(device=str(device_of(args))), values,
                  "noisy classifier")
     data = load_dataset(args.data, args.data_dir)
     model, info = train_noisy_classifier(data, cfg, progress=not args.no_progress)

@@ -26,6 +26,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ddpm.data import folder, named
+from ddpm.data.folder import find_images
+from ddpm.data.transforms import check_target, fit_tensor
 from ddpm.errors import UserError
 
 
@@ -58,7 +61,7 @@ def to_unit_range(x_uint8: np.ndarray) -> torch.Tensor:
 
 def load_digits(data_dir: str | None = None) -> ImageDataset:
     """scikit-learn's 8x8 handwritten digits (1,797 images, values 0..16), shipped inside scikit-learn."""
-    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.datasets import load_digits as sk_load_digits  # start-up cost: scikit-learn is slow to import
 
     d = sk_load_digits()
     images = torch.from_numpy(d.images).float().div(16.0).mul(2.0).sub(1.0)[:, None].contiguous()
@@ -69,8 +72,6 @@ def _named(name: str):
     """A registry loader for a set read by ``ddpm.data.named`` (uint8 files -> [-1, 1])."""
 
     def load(data_dir: str | None = None) -> ImageDataset:
-        from ddpm.data import named
-
         reader = named.load_cifar10 if name == "cifar10" else named.load_mnist_family
         images, labels, classes, _ = reader(name, data_dir)
         return ImageDataset(to_unit_range(images), torch.from_numpy(labels), len(classes), name, classes)
@@ -95,8 +96,6 @@ _CACHE_MAX_BYTES = 1 << 30
 
 def _folder_fingerprint(root: Path) -> tuple:
     """Changes when a file in the folder is added, removed or rewritten, so the cache never goes stale."""
-    from ddpm.data.folder import find_images
-
     return tuple((str(p), st.st_size, st.st_mtime_ns) for p in find_images(root) for st in [p.stat()])
 
 
@@ -107,8 +106,6 @@ def _from_arrays(images, labels, classes, skipped, name: str) -> ImageDataset:
 
 def _is_class_folder(data_dir: str | None, num_classes: int) -> bool:
     """Whether ``data_dir`` holds images in exactly ``num_classes`` first-level sub-folders."""
-    from ddpm.data.folder import find_images
-
     if data_dir is None or not Path(data_dir).is_dir():
         return False
     classes = [d for d in Path(data_dir).iterdir() if d.is_dir() and not d.name.startswith(".")]
@@ -116,9 +113,6 @@ def _is_class_folder(data_dir: str | None, num_classes: int) -> bool:
 
 
 def _load_uncached(name, data_dir, image_size, channels, skip_bad_images) -> ImageDataset:
-    from ddpm.data import folder, named
-    from ddpm.data.transforms import fit_tensor
-
     if name.startswith("hf:"):
         return _from_arrays(*folder.load_hf(name[3:], image_size, channels, skip_bad_images), name)
     if name in DATASETS:
@@ -152,8 +146,6 @@ def load_dataset(name: str, data_dir: str | None = None, image_size: tuple[int, 
     with one warning that counts them (``ImageDataset.skipped`` lists them). Fewer than
     ``min_images`` readable images is an error.
     """
-    from ddpm.data.transforms import check_target
-
     image_size = None if image_size is None else tuple(int(v) for v in image_size)
     check_target(image_size, channels)
     path = Path(name)

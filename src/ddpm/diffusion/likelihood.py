@@ -24,8 +24,9 @@ from ddpm.diffusion.parametrization import eps_from_x0, to_eps_x0
 from ddpm.diffusion.process import q_posterior
 from ddpm.diffusion.schedule import Schedule, extract
 
+FIXED_VARIANCES = ("beta", "beta_tilde")  # Ho et al.'s two choices of sigma_t^2
 LEARNED_VARIANCES = ("learned", "learned_range")  # the network outputs them (a second block of channels)
-VARIANCES = ("beta", "beta_tilde", *LEARNED_VARIANCES)
+VARIANCES = (*FIXED_VARIANCES, *LEARNED_VARIANCES)
 LN2 = math.log(2.0)
 
 

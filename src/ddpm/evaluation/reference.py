@@ -19,10 +19,16 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import load_file, safe_open, save_file
 
 from ddpm.data.datasets import ImageDataset
-from ddpm.evaluation.classifier import Classifier, ClassifierTrainConfig, load_classifier, save_classifier, train_classifier
+from ddpm.evaluation.classifier import (
+    Classifier,
+    ClassifierTrainConfig,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
 from ddpm.evaluation.features import ClassifierExtractor, FeatureExtractor, extract
 from ddpm.evaluation.metrics import FidReference
 from ddpm.io import atomic_write

@@ -12,6 +12,7 @@ import torch
 
 from ddpm.errors import UserError
 from ddpm.evaluation import metrics as M
+from ddpm.evaluation.features import extract
 from ddpm.evaluation.reference import ReferenceStats
 
 # name -> the least number of samples it needs (precision/recall: more than k = 3 neighbours).
@@ -62,8 +63,6 @@ def compute_metrics(names: list[str], features: torch.Tensor, logits: torch.Tens
 def score_images(names: list[str], images: torch.Tensor, extractor, ref: ReferenceStats, *, batch_size: int = 256,
                  device=None, num_classes: int | None = None, seed: int = 0) -> dict[str, float]:
     """``compute_metrics`` of ``images`` (N, C, H, W), clamped to [-1, 1] and embedded by ``extractor``."""
-    from ddpm.evaluation.features import extract
-
     feats, logits = extract(extractor, images.clamp(-1, 1), batch_size=batch_size, device=device, progress=False)
     return compute_metrics(names, feats, logits, ref, num_classes=num_classes, seed=seed)
 

@@ -35,10 +35,9 @@ class Dropout(nn.Dropout):
     to 6e-6 for p = 0.1), and kept units are scaled by the inverse of that probability, so the output is
     unbiased as ``nn.Dropout``'s. One 64-bit draw of the generator gives four units their bits; PyTorch's
     CPU ``bernoulli_`` (and ``uniform_``) spend a Mersenne-Twister draw and a float conversion on each
-    unit. A bf16 training step of the mnist preset on a 2-core EPYC: 164.3 images/s against 153.2 with a
-    mask from ``torch.rand`` (1.07x) and 145.9 with ``nn.Dropout`` (1.13x) on 2 threads; 92.5 against 90.6
-    (1.02x) on one (``benchmarks/dropout_mask.py``, medians of 5 rounds). The default generator draws the
-    bits, so ``torch.manual_seed`` fixes the masks. On other devices: ``nn.Dropout``'s fused kernel."""
+    unit, so this mask is cheaper to draw (``benchmarks/dropout_mask.py`` times the training step with
+    the three masks; ``benchmarks/README.md`` has the figures). The default generator draws the bits, so
+    ``torch.manual_seed`` fixes the masks. On other devices: ``nn.Dropout``'s fused kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu":
@@ -100,8 +99,8 @@ class Attention(nn.Module):
         if x.device.type == "cpu":
             # softmax(q^T k / sqrt(d)) v as two batched matmuls. PyTorch's SDPA has no fast CPU kernel for
             # these shapes: its math fallback computes bf16 in fp32 behind NaN guards, and its flash kernel's
-            # backward is slow for short sequences. This form made a bf16 training step of the 16x16
-            # attention 3.5x as fast (fp32: 1.1x) on a 2-core EPYC; the result is the same function.
+            # backward is slow for short sequences, so this form trains faster, in bf16 most of all
+            # (benchmarks/README.md); the result is the same function.
             weights = torch.softmax(torch.einsum("nhdi,nhdj->nhij", q * d**-0.5, k), dim=-1)
             out = torch.einsum("nhij,nhdj->nhdi", weights, v)
         else:  # fused flash / memory-efficient kernels
@@ -156,9 +155,9 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     as one 2x2 convolution of the low-resolution input with four output phases (the sub-pixel form of a
     resize-convolution): 16 (H + 1)(W + 1) instead of 36 HW multiply-adds per channel pair, 0.51x at 14x14.
 
-    The same function (equal up to floating-point summation order). On one thread of a 2-core EPYC it made
-    the mnist preset's bf16 training step 1.04x and its sampling step 1.07x as fast
-    (``benchmarks/upsample_conv.py``).
+    The same function (equal up to floating-point summation order), with fewer multiply-adds to run;
+    ``benchmarks/upsample_conv.py`` times the training and sampling steps both ways
+    (``benchmarks/README.md`` has the figures).
     """
     n, _, h, w = x.shape
     o = weight.shape[0]

@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ddpm.config import VarianceName, doc
+from ddpm.config import doc
+from ddpm.diffusion.likelihood import FIXED_VARIANCES
 from ddpm.errors import UserError
 from ddpm.sampling import SAMPLERS
 from ddpm.sampling.grids import GRIDS
 
 SamplerName = Literal[tuple(SAMPLERS)]
 GridName = Literal[GRIDS]
+FixedVariance = Literal[FIXED_VARIANCES]
 
 
 @dataclass(frozen=True)
@@ -25,11 +27,12 @@ class SamplingOptions:
     clip_x0); ``steps`` None means all T training steps."""
 
     sampler: SamplerName = doc("ancestral", "; ".join(f"{k}: {s.description}" for k, s in SAMPLERS.items()))
-    steps: int | None = doc(None, "network calls per image (default: all T); the grid starts at T-1 whatever it is")
+    steps: int | None = doc(None, "network calls per image (default: all T); the grid starts at T-1 whatever it is",
+                            positive=True)
     grid: GridName | None = doc(None, "timestep spacing for --steps (default: trailing for ddim, even otherwise; "
                                 "trailing: T/K apart, from T-1 to T/K-1)")
     eta: float | None = doc(None, "DDIM only: 0 deterministic (default), 1 = Algorithm 2 with beta-tilde")
-    variance: VarianceName | None = doc(None, "ancestral only: sigma_t^2 (default: the run's)")
+    variance: FixedVariance | None = doc(None, "ancestral only: a fixed sigma_t^2 instead of the run's variance")
     clip_x0: bool | None = doc(None, "clip the predicted x0 to [-1, 1] (default: the run's setting)")
 
     def __post_init__(self):
@@ -43,6 +46,8 @@ class SamplingOptions:
             if getattr(self, name) is not None and name not in SAMPLERS[self.sampler].options:
                 takes = [k for k, s in SAMPLERS.items() if name in s.options]
                 raise UserError(f"{name} applies to sampler {' or '.join(takes)}, not {self.sampler}")
+        if self.variance is not None and self.variance not in FIXED_VARIANCES:
+            raise UserError(f"variance must be one of {', '.join(FIXED_VARIANCES)}, got {self.variance!r}")
         if self.eta is not None and not 0.0 <= self.eta <= 1.0:
             raise UserError(f"eta must be between 0 and 1, got {self.eta}")
 
@@ -62,9 +67,10 @@ class GuidanceOptions:
     classifier guidance of scale ``classifier_scale`` by a noisy ``classifier`` (``ddpm train-classifier
     --noisy``), which also steers an unconditional model (``ddpm.sampling.guidance``)."""
 
-    scale: float | None = doc(None, "classifier-free guidance strength w: eps = (1 + w) eps(x, y) - w eps(x)")
-    classifier: Any = None
-    classifier_scale: float = 0.0
+    scale: float | None = doc(None, "classifier-free guidance strength w: eps = (1 + w) eps(x, y) - w eps(x) "
+                              "(default: none)", flag="guidance", metavar="W")
+    classifier: Any = doc(None, "a NoisyClassifier", cli=False)
+    classifier_scale: float = doc(0.0, "classifier guidance scale s (with --classifier)", metavar="S")
 
     def __post_init__(self):
         if self.scale is not None and self.scale < 0:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ddpm.config import DiffusionConfig, ModelConfig, _build, update
+from ddpm.config import DiffusionConfig, ModelConfig, ScheduleName, _build, doc, update
 from ddpm.data.datasets import ImageDataset
 from ddpm.diffusion.process import q_sample
 from ddpm.diffusion.schedule import make_schedule
@@ -43,9 +43,10 @@ class NoisyClassifierTrainConfig:
     held_out: float = 0.2  # share of the data kept for the held-out accuracies
     seed: int = 0
     device: str = "cpu"
-    schedule: str = "linear"  # the diffusion the classifier will guide: its schedule ...
-    timesteps: int = 1000  # ... and T
-    base_channels: int | None = None  # None: the width of the data set's preset U-Net
+    schedule: ScheduleName = doc("linear", "--noisy: the guided model's schedule")
+    timesteps: int = doc(1000, "--noisy: the guided model's T", positive=True)
+    base_channels: int | None = doc(None, "--noisy: width of the U-Net trunk (default: the data set's preset)",
+                                    positive=True)
 
 
 def classifier_config_for(data: ImageDataset, base_channels: int | None = None) -> ModelConfig:

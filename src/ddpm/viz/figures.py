@@ -39,25 +39,6 @@ def resolve_steps(steps: Sequence[int], num_timesteps: int) -> list[int]:
     return out
 
 
-def _parse_list(text: str, what: str, cast: Callable[[str], Any], kind: str) -> list:
-    try:
-        values = [cast(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise UserError(f"{what} takes comma-separated {kind}, got {text!r}") from None
-    if not values:
-        raise UserError(f"{what} is empty")
-    return values
-
-
-def parse_steps(text: str, what: str = "--t") -> list[int]:
-    """'0,5,10,999' -> [0, 5, 10, 999] with a one-line error for anything else."""
-    return _parse_list(text, what, int, "integers")
-
-
-def parse_floats(text: str, what: str) -> list[float]:
-    return _parse_list(text, what, float, "numbers")
-
-
 def as_uint8_cells(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """(R, K, C, H, W) in [-1, 1] -> uint8 (R, K, H, W, C); uint8 arrays pass through."""
     if isinstance(x, np.ndarray):

@@ -13,6 +13,7 @@ import torch
 from ddpm.diffusion.process import q_sample
 from ddpm.diffusion.schedule import Schedule
 from ddpm.sampling.noise import Generators, randn
+from ddpm.sampling.steps import Step
 from ddpm.viz.figures import frame_grid, save_gif, save_labeled_grid
 
 
@@ -53,7 +54,7 @@ def nearest_on_grid(steps: Sequence[int], grid: Sequence[int]) -> list[int]:
 
 
 class TrajectoryRecorder:
-    """A sampler ``callback(i, t, x_t, prediction)`` that keeps the first ``k`` samples' x_t and x0-hat.
+    """A ``Run.sample`` callback (it takes each ``Step``) that keeps the first ``k`` samples' x_t and x0-hat.
 
     Snapshots at ``steps`` (which must lie on the sampler's grid: see ``nearest_on_grid``) make the
     grid picture; about ``max_frames`` evenly spread steps make the GIF.
@@ -67,11 +68,12 @@ class TrajectoryRecorder:
         self.snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.frames: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
-    def __call__(self, i: int, t: int, x_t: torch.Tensor, prediction) -> None:
+    def __call__(self, step: Step) -> None:
+        t = step.t
         if t in self.steps:
-            self.snapshots[t] = (x_t[: self.k].float().cpu(), prediction.x0[: self.k].float().cpu())
+            self.snapshots[t] = (step.x_t[: self.k].float().cpu(), step.x0[: self.k].float().cpu())
         if t in self.frame_steps:
-            self.frames.append((t, x_t[: self.k].float().cpu(), prediction.x0[: self.k].float().cpu()))
+            self.frames.append((t, step.x_t[: self.k].float().cpu(), step.x0[: self.k].float().cpu()))
 
     def save(self, final: torch.Tensor, png: str | Path, gif: str | Path | None = None) -> list[Path]:
         """The grid (per sample a row of x_t and a row of x0-hat at each step, then the output) and GIF."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 
 
@@ -56,8 +57,6 @@ def plot_vlb_terms(result: dict, path: str | Path, label: str | None = None, oth
     of the bound is, are spread out); right: their running sum, whose end is the bound less L_T.
     ``result`` (and optionally ``others``, name -> result) hold ``per_t``; the legend gives each total.
     """
-    import numpy as np
-
     runs = {label or "model": result, **(others or {})}
     fig = Figure(figsize=(10, 4), constrained_layout=True)
     terms_ax, sum_ax = fig.subplots(1, 2)
