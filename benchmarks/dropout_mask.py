@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (the benchmark's training step)
 
-from ddpm.api import build_model  # noqa: E402
 from ddpm.models.layers import ResBlock  # noqa: E402
+from ddpm.pipeline import build_model  # noqa: E402
 from ddpm.presets import make_config  # noqa: E402
 
 

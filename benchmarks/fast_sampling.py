@@ -53,12 +53,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpm.api import load_run
 from ddpm.data.datasets import load_dataset
 from ddpm.errors import UserError
+from ddpm.io import resolve_device
+from ddpm.pipeline import SamplingOptions, load_run
 from ddpm.sampling import DEFAULT_GRIDS, SAMPLERS
 from ddpm.sampling.noise import randn, seed_generators
-from ddpm.training.distributed import DistEnv, resolve_device
 
 # diffusers variant -> the method (our sampler's name) it is compared with
 DIFFUSERS_VARIANTS = {"ddim": "ddim", "ddim-trailing": "ddim", "dpm++2m": "dpm++2m", "dpm++2m-lu": "dpm++2m",
@@ -95,11 +95,11 @@ def fid_of(images: torch.Tensor, extractor, ref, args, device) -> tuple[float, f
 # --- the samplers -------------------------------------------------------------------------------------
 
 
-def ours(run, name: str, grid: str | None, nfe: int, args, device) -> torch.Tensor:
+def ours(run, name: str, grid: str | None, nfe: int, args) -> torch.Tensor:
     from ddpm.evaluation.samples import generate_samples
 
-    return generate_samples(run.model, run.config, args.n, seed=args.seed, batch_size=args.batch_size,
-                            device=device, sampler=name, steps=nfe, grid=grid, progress=False)
+    return generate_samples(run, args.n, seed=args.seed, batch_size=args.batch_size, progress=False,
+                            sampling=SamplingOptions(name, steps=nfe, grid=grid))
 
 
 def make_scheduler(run, variant: str):
@@ -136,7 +136,7 @@ def theirs(run, variant: str, nfe: int, args, device) -> tuple[torch.Tensor, lis
         scheduler = make_scheduler(run, variant)  # a fresh one per batch: the multistep solver keeps history
         scheduler.set_timesteps(nfe, device=device)
         shape = (len(gens), cfg.model.in_channels, *cfg.model.image_size)
-        x = randn(shape, gens, device) * scheduler.init_noise_sigma  # the x_T sample_images draws
+        x = randn(shape, gens, device) * scheduler.init_noise_sigma  # the x_T Run.sample draws
         calls = []
         for t in scheduler.timesteps:
             tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
@@ -184,7 +184,7 @@ def main(argv=None) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device, DistEnv())
+    device = resolve_device(args.device)
     run = load_run(args.checkpoint, device)
     T = run.schedule.num_timesteps
     data = load_dataset(args.data or run.config.train.data, args.data_dir or run.config.train.data_dir)
@@ -217,7 +217,7 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             row = {"sampler": label, "kind": kind, "method": families[label], "nfe": nfe}
             if kind == "ours":
-                x = ours(run, name, grid, nfe, args, device)
+                x = ours(run, name, grid, nfe, args)
             else:
                 try:
                     x, calls = theirs(run, name, nfe, args, device)

@@ -87,7 +87,7 @@ class NoLabel(nn.Module):
 
 
 def conditional_run(args, data, out: Path, device):
-    from ddpm.api import load_run
+    from ddpm.pipeline import load_run
     from ddpm.presets import make_config, preset_for_data
     from ddpm.training.loop import train
 
@@ -96,7 +96,7 @@ def conditional_run(args, data, out: Path, device):
     cfg = make_config(preset_for_data(data.name))
     cfg.model.num_classes = data.num_classes
     cfg.diffusion.timesteps = args.timesteps
-    cfg.train.data, cfg.train.data_dir, cfg.train.device = data.name, args.data_dir, str(device)
+    cfg.train.data, cfg.train.data_dir, cfg.runtime.device = data.name, args.data_dir, str(device)
     cfg.train.p_uncond = args.p_uncond
     cfg.train.sample_every = 0
     if args.train_steps:
@@ -112,8 +112,12 @@ def conditional_run(args, data, out: Path, device):
 
 
 def noisy_classifier(args, data, run, out: Path, device):
-    from ddpm.training.noisy_classifier import (NoisyClassifierTrainConfig, load_noisy_classifier,
-                                                save_noisy_classifier, train_noisy_classifier)
+    from ddpm.training.noisy_classifier import (
+        NoisyClassifierTrainConfig,
+        load_noisy_classifier,
+        save_noisy_classifier,
+        train_noisy_classifier,
+    )
 
     path = args.classifier
     if not path:
@@ -130,6 +134,7 @@ def noisy_classifier(args, data, run, out: Path, device):
 
 
 def main(argv=None) -> dict:
+    from ddpm.cli._common import parse_floats
     from ddpm.data.datasets import load_dataset
     from ddpm.evaluation.classifier import ClassifierTrainConfig
     from ddpm.evaluation.features import extract
@@ -137,12 +142,12 @@ def main(argv=None) -> dict:
     from ddpm.evaluation.reference import classifier_reference, real_floor_images
     from ddpm.evaluation.report import compute_metrics
     from ddpm.evaluation.samples import generate_samples
-    from ddpm.training.distributed import DistEnv, resolve_device
-    from ddpm.viz.figures import parse_floats
+    from ddpm.io import resolve_device
+    from ddpm.pipeline import GuidanceOptions, Run, SamplingOptions, load_run
     from ddpm.viz.grid import save_grid
 
     args = parse_args(argv)
-    device = resolve_device(args.device, DistEnv())
+    device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(args.data, args.data_dir)
@@ -154,47 +159,49 @@ def main(argv=None) -> dict:
     if run.config.model.num_classes != K:
         raise SystemExit(f"{args.checkpoint} is not a conditional model of the {K} classes of {data.name}")
     if args.uncond_checkpoint:
-        from ddpm.api import load_run
-
-        uncond = load_run(args.uncond_checkpoint, device)
-        uncond_model, uncond_cfg, uncond_name = uncond.model, uncond.config, f"run {args.uncond_checkpoint}"
+        uncond, uncond_name = load_run(args.uncond_checkpoint, device), f"run {args.uncond_checkpoint}"
     else:
         uncond_cfg = copy.deepcopy(run.config)
         uncond_cfg.model.num_classes = None
-        uncond_model, uncond_name = NoLabel(run.model), "the conditional model's 'no label' entry"
+        uncond = Run.of(NoLabel(run.model).eval(), uncond_cfg)
+        uncond_name = "the conditional model's 'no label' entry"
     guide_clf, guide_info = noisy_classifier(args, data, run, out, device)
 
     eval_cfg = ClassifierTrainConfig(**({"epochs": args.eval_classifier_epochs} if args.eval_classifier_epochs else {}))
     extractor, ref = classifier_reference(data, cfg=eval_cfg, device=device)
     labels = torch.arange(K).repeat_interleave(n)
 
-    def evaluate(name: str, model, cfg, *, conditional: bool, **options) -> dict:
+    sampling = SamplingOptions(args.sampler, steps=args.steps)
+
+    def evaluate(name: str, run: Run, *, conditional: bool, guidance: GuidanceOptions = GuidanceOptions()) -> dict:
+        """The row of ``name``: ``run`` sampled with ``guidance`` (its strength or scale shown in the row)."""
         t0 = time.perf_counter()
         xs = []
         for k in range(K):
-            y = {"y": k} if conditional else {}
-            xs.append(generate_samples(model, cfg, n, seed=args.seed + k * n, batch_size=args.batch_size,
-                                       device=device, sampler=args.sampler, steps=args.steps, progress=False,
-                                       **y, **options))
+            xs.append(generate_samples(run, n, seed=args.seed + k * n, batch_size=args.batch_size, progress=False,
+                                       y=k if conditional else None, sampling=sampling, guidance=guidance))
         x = torch.cat(xs)
         seconds = time.perf_counter() - t0
         save_grid(x.view(K, n, *x.shape[1:])[:, :10].reshape(-1, *x.shape[1:]), out / f"{name}.png",
                   nrow=min(n, 10))
         feats, logits = extract(extractor, x, device=device, progress=False)
         row = {"setting": name, **compute_metrics(["fid"], feats, logits, ref, seed=args.seed),  # fid, fid_se
-               "sample_seconds": seconds, **options}
+               "sample_seconds": seconds}
+        if guidance.scale is not None:
+            row["guidance"] = guidance.scale
+        if guidance.classifier is not None:
+            row["classifier_scale"] = guidance.classifier_scale
         if conditional:
             row["accuracy"] = (logits.argmax(1) == labels).float().mean().item()
-        row.pop("classifier", None)
         print(json.dumps(row), flush=True)
         return row
 
-    rows = [evaluate("unconditional", uncond_model, uncond_cfg, conditional=False)]
+    rows = [evaluate("unconditional", uncond, conditional=False)]
     for w in parse_floats(args.guidance, "--guidance"):
-        rows.append(evaluate(f"cfg_w{w:g}", run.model, run.config, conditional=True, guidance=w))
+        rows.append(evaluate(f"cfg_w{w:g}", run, conditional=True, guidance=GuidanceOptions(scale=w)))
     for s in parse_floats(args.classifier_scales, "--classifier-scales"):
-        rows.append(evaluate(f"classifier_s{s:g}", uncond_model, uncond_cfg, conditional=True, classifier=guide_clf,
-                             classifier_scale=s))
+        rows.append(evaluate(f"classifier_s{s:g}", uncond, conditional=True,
+                             guidance=GuidanceOptions(classifier=guide_clf, classifier_scale=s)))
 
     real, real_label = real_floor_images(data, K * n, args.seed)
     results = {

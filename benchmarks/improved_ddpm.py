@@ -49,12 +49,12 @@ from pathlib import Path
 
 import torch
 
-from ddpm.api import load_run
 from ddpm.config import derive, read_config_file, update
 from ddpm.data.datasets import load_dataset
 from ddpm.evaluation.nll import evaluate_nll
+from ddpm.io import resolve_device
+from ddpm.pipeline import SamplingOptions, load_run
 from ddpm.presets import make_config, preset_for_data
-from ddpm.training.distributed import DistEnv, resolve_device
 from ddpm.training.loop import train
 from ddpm.viz.vlb import plot_loss_quartiles, plot_vlb_terms
 
@@ -69,7 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--data", default="digits")
     p.add_argument("--data-dir")
     p.add_argument("--preset", help="default: the data set's")
-    p.add_argument("--config", help="JSON/TOML overrides of [model], [diffusion], [train] (e.g. a tiny model)")
+    p.add_argument("--config", help="JSON/TOML overrides of [model], [diffusion], [train], [runtime] (e.g. a tiny "
+                   "model)")
     p.add_argument("--seconds", type=float, default=150.0, help="training wall time per model (default: 150)")
     p.add_argument("--n-nll", type=int, help="images for the NLL bound (default: all)")
     p.add_argument("--nll-batch-size", type=int, default=2000)
@@ -90,11 +91,12 @@ def parse_args(argv=None):
 def base_config(args):
     cfg = make_config(args.preset or preset_for_data(args.data))
     values = read_config_file(args.config) if args.config else {}
-    for section in ("model", "diffusion", "train"):
+    for section in ("model", "diffusion", "train", "runtime"):
         if section in values:
             setattr(cfg, section, update(getattr(cfg, section), values[section], section))
-    cfg.train = update(cfg.train, {"data": args.data, "data_dir": args.data_dir, "device": args.device,
-                                   "seed": args.seed, "sample_every": 0}, "train")
+    cfg.train = update(cfg.train, {"data": args.data, "data_dir": args.data_dir, "seed": args.seed,
+                                   "sample_every": 0}, "train")
+    cfg.runtime = update(cfg.runtime, {"device": args.device}, "runtime")
     return cfg
 
 
@@ -152,7 +154,7 @@ def main(argv=None) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device, DistEnv())
+    device = resolve_device(args.device)
     data = load_dataset(args.data, args.data_dir)
     # Start-up costs paid once, outside both timed trainings: the CUDA context and the loop's logger import.
     torch.zeros(1, device=device)
@@ -215,8 +217,8 @@ def main(argv=None) -> dict:
         rows = {}
         for steps in sorted({*[k for k in args.respaced if k < T], T}, reverse=True):
             t0 = time.perf_counter()
-            x = generate_samples(run.model, run.config, args.n_fid, seed=args.seed, batch_size=args.batch_size,
-                                 device=device, sampler="ancestral", steps=steps, grid=args.grid, progress=True)
+            x = generate_samples(run, args.n_fid, seed=args.seed, batch_size=args.batch_size, progress=True,
+                                 sampling=SamplingOptions("ancestral", steps=steps, grid=args.grid))
             rows[steps] = fid(x, extractor, ref, args, device) | {"seconds": time.perf_counter() - t0}
             rows[steps]["relative_to_T_steps"] = rows[steps]["fid"] / rows[T]["fid"]
             print(f"FID {name} {steps} steps: {rows[steps]['fid']:.3f} +- {rows[steps]['fid_se']:.3f} "

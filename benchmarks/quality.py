@@ -12,9 +12,10 @@ same machine and sampled the same way, in one table.
     "trailing" spacing (so its first step sees pure noise) and eta = 0.
 Each peer trains twice, in a minimal loop of the benchmark's own, on the same images:
 - with ours' recipe (rows ``lucidrains``, ``diffusers``), read from our run's config.json: ours' batch
-  size, AdamW at ours' learning rate with ours' warm-up then cosine decay over the wall-clock budget,
-  ours' gradient clipping, and an EMA of the weights (ours' decay and warm-up) that samples; this
-  compares the networks and libraries alone;
+  size, AdamW at ours' learning rate with ours' warm-up then ours' decay (cosine by default) spread over
+  the wall-clock budget, ours' optimizer step (``ddpm.training.step.optimizer_step``: gradient clipping),
+  and an EMA of the weights (ours' decay and warm-up) that samples; this compares the networks and
+  libraries alone;
 - with its own defaults (rows ``lucidrains-own``, ``diffusers-own``): what a user of that library gets
   out of the box, as ours is ``ddpm train`` with its defaults (lucidrains: its GaussianDiffusion and
   Trainer defaults; diffusers: the recipe of its train_unconditional.py example; see the functions).
@@ -50,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
@@ -133,14 +133,23 @@ def train_ours(args, out: Path, device) -> tuple[Path, float, dict]:
 # --- the peers: a minimal training loop with our recipe, until the wall-clock budget --------------------
 
 
-def lr_at(recipe, step: int, elapsed_fraction: float) -> float:
-    """Linear warm-up, then cosine decay to ``lr_min_ratio`` x lr over wall-clock time (the number of steps is not
-    known): ours' schedule, and diffusers' example's with a floor of 0."""
-    lr = recipe["lr"]
-    if step < recipe["warmup_steps"]:
-        return lr * (step + 1) / recipe["warmup_steps"]
-    floor = lr * recipe["lr_min_ratio"]
-    return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed_fraction)))
+def wall_clock_lr(recipe: dict):
+    """(step, elapsed share of the budget) -> the learning rate of ``recipe`` (``TrainConfig``'s lr,
+    warmup_steps, lr_decay, lr_min_ratio): ours' schedule (``ddpm.training.step.lr_at``: linear warm-up, then
+    constant or cosine decay to lr_min_ratio x lr) with the decay spread over the wall-clock budget, as
+    the number of steps is not known: after warm-up, the elapsed share of the budget is that share of the
+    decay. Also diffusers' example's schedule (cosine to 0)."""
+    from ddpm.config import TrainConfig, update
+    from ddpm.training.step import lr_at
+
+    span = 10**6  # decay steps standing for the whole budget
+    schedule = {k: recipe[k] for k in ("lr", "warmup_steps", "lr_decay", "lr_min_ratio") if k in recipe}
+    cfg = update(TrainConfig(), schedule | {"steps": recipe["warmup_steps"] + span}, "recipe")
+
+    def lr(step: int, elapsed_fraction: float) -> float:
+        return lr_at(step if step < cfg.warmup_steps else cfg.warmup_steps + elapsed_fraction * span, cfg)
+
+    return lr
 
 
 class Recipe:
@@ -154,21 +163,23 @@ class Recipe:
 
 
 def ours_recipe(model: torch.nn.Module, cfg: dict) -> Recipe:
-    """Ours' recipe (``cfg``: our run's ``train`` config): AdamW, warm-up then cosine decay over the
+    """Ours' recipe (``cfg``: our run's ``train`` config): AdamW, warm-up then ours' decay over the
     wall-clock budget, our gradient clipping and EMA (decay and warm-up)."""
     from ddpm.training.ema import ema_decay_at, make_ema, update_ema
 
     ema = make_ema(model)
     return Recipe(cfg["batch_size"], torch.optim.AdamW(model.parameters(), lr=cfg["lr"]),
-                  lambda step, frac: lr_at(cfg, step, frac), cfg["grad_clip"],
+                  wall_clock_lr(cfg), cfg["grad_clip"],
                   lambda step: update_ema(ema, model, ema_decay_at(step, cfg["ema_decay"])), lambda: ema.eval())
 
 
 def train_peer(name: str, model: torch.nn.Module, loss_fn, images: torch.Tensor, budget: float, seed: int,
                recipe: Recipe):
     """Train ``model`` (whose ``loss_fn(model, x0, gen)`` is the peer's own loss) for ``budget`` seconds
-    by ``recipe``; returns (the EMA model, info)."""
+    by ``recipe``, each step through ours' ``optimizer_step``; returns (the EMA model, info)."""
     from tqdm.auto import tqdm
+
+    from ddpm.training.step import optimizer_step
 
     torch.manual_seed(seed)  # lucidrains draws t and noise from the global generator
     gen = torch.Generator(images.device).manual_seed(seed)
@@ -182,10 +193,7 @@ def train_peer(name: str, model: torch.nn.Module, loss_fn, images: torch.Tensor,
                 group["lr"] = recipe.lr_fn(step, elapsed / budget)
         idx = torch.randint(0, len(images), (batch,), device=images.device, generator=gen)
         loss = loss_fn(model, images[idx], gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        opt.step()
+        optimizer_step(loss, model, opt, grad_clip=recipe.grad_clip)
         recipe.ema_update(step)
         step += 1
         bar.update(1)
@@ -284,8 +292,8 @@ def diffusers_peer(args, device, shape, model_cfg, own: bool = False):
             return averaged.eval()
 
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-        schedule = {"lr": 1e-4, "warmup_steps": 500, "lr_min_ratio": 0.0}  # warm-up, then cosine to 0
-        return Recipe(16, opt, lambda step, frac: lr_at(schedule, step, frac), 1.0,
+        schedule = {"lr": 1e-4, "warmup_steps": 500, "lr_decay": "cosine", "lr_min_ratio": 0.0}  # cosine to 0
+        return Recipe(16, opt, wall_clock_lr(schedule), 1.0,
                       lambda step: ema.step(model.parameters()), ema_model)
 
     return unet, count_params(unet), loss_fn, sample, own_recipe
@@ -328,14 +336,14 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from dataclasses import asdict
 
-    from ddpm.api import load_run
     from ddpm.data.datasets import load_dataset
     from ddpm.evaluation.reference import classifier_reference, real_floor_images
     from ddpm.evaluation.samples import generate_samples
+    from ddpm.io import resolve_device
+    from ddpm.pipeline import SamplingOptions, load_run
     from ddpm.presets import make_config, preset_for_data
-    from ddpm.training.distributed import DistEnv, resolve_device
 
-    device = resolve_device(args.device, DistEnv())
+    device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = [m.strip() for m in args.models.split(",")]
@@ -360,11 +368,10 @@ def main(argv=None) -> dict:
         run = load_run(run_dir, device)
         cfg = run.config
         train_cfg, model_cfg = asdict(cfg.train), asdict(cfg.model)
-        sampler = {"sampler": args.sampler, "steps": None if args.sampler == "ancestral" else args.steps}
+        options = SamplingOptions(args.sampler, steps=None if args.sampler == "ancestral" else args.steps)
 
         def ours_batch(k, seed):
-            return generate_samples(run.model, cfg, k, seed=seed, batch_size=k, device=device, progress=False,
-                                    **sampler)
+            return generate_samples(run, k, seed=seed, batch_size=k, progress=False, sampling=options)
 
         x, s = timed_samples("ours", ours_batch, args.n, args.sample_batch, args.seed, device)
         rows["ours"] = {"params": count_params(run.model), "steps": run.step, "train_wall_s": wall,

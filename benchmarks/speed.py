@@ -14,16 +14,17 @@ compute them; their printed ratios are against the executed count.)
 
 - the training step (images/s): draw t and noise, q_sample, the network, L_simple in float32
   (``ddpm.training.objective``), backward, gradient clipping at 1, the AdamW step and the EMA update,
-  at the preset's batch size. Every row runs exactly this step; only the network, its precision and the
-  AdamW implementation differ (ours: ``ddpm.performance``'s choice for the device; the peers: PyTorch's
-  default AdamW, as their trainers use it). Our presets train with dropout 0.1, the peers' defaults
+  at the preset's batch size: ``ddpm.training.step.train_step``, the training loop's own step. Every
+  row runs exactly this step; only the network, its precision and the AdamW implementation differ
+  (ours: ``ddpm.runtime``'s choice for the device; the peers: PyTorch's default AdamW, as their
+  trainers use it). Our presets train with dropout 0.1, the peers' defaults
   have none, so ours pays for drawing dropout masks.
 - the sampling step (network evaluations/s = images per second of reverse steps, under inference
-  mode): ours through ``ddpm.api.sample_images`` (Algorithm 2, the device's default options), diffusers
+  mode): ours through ``Run.sample`` (``ddpm.pipeline``; Algorithm 2, the device's default options), diffusers
   through ``DDPMScheduler.step``, lucidrains through ``GaussianDiffusion.p_sample``.
 
 Each peer runs in its default precision (float32) and again under the same bf16 autocast we use
-(``ddpm.performance.Network``). Our rows are ``ours`` (``--ours-variants``: ``auto`` = the device's
+(``ddpm.runtime.ModelRunner``). Our rows are ``ours`` (``--ours-variants``: ``auto`` = the device's
 defaults; ``fp32``; any '+'-joined option values such as ``bf16+channels_last`` or
 ``bf16+reduce-overhead``, for choosing a device's defaults). Achieved GFLOP/s = images/s x counted FLOPs
 per image (forward + backward for training, forward for sampling), beside the machine's matmul peak:
@@ -43,6 +44,7 @@ JSON keeps every round). Writes OUT/speed.md and OUT/speed.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -55,13 +57,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm import performance as perf
-from ddpm.api import build_model, build_schedule, sample_images
-from ddpm.config import ADAMW_IMPLS, COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
+from ddpm import runtime as rt
+from ddpm.io import resolve_device
+from ddpm.pipeline import Run, build_model, build_schedule
 from ddpm.presets import make_config
-from ddpm.training.distributed import DistEnv, resolve_device
-from ddpm.training.ema import ema_decay_at, make_ema, update_ema
+from ddpm.runtime import ADAMW_IMPLS, COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
+from ddpm.training.ema import make_ema
 from ddpm.training.objective import Objective
+from ddpm.training.step import TrainState, train_step
 
 # Peers sized to ours (FLOPs per image within ~10%, see the printed ratios): diffusers' block_out_channels
 # and the level with attention (ours attends at 7x7 for mnist, 16x16 for cifar10, 4x4 for digits), and
@@ -93,7 +96,7 @@ def parse_args(argv=None):
     p.add_argument("--ours-variants", default="auto,fp32",
                    help="our rows: 'auto' (the device's defaults) or '+'-joined option values, e.g. "
                    "fp32, bf16+channels_last, bf16+default (default: auto,fp32)")
-    p.add_argument("--peers", default="diffusers,lucidrains")
+    p.add_argument("--peers", default="diffusers,lucidrains", help="comma-separated; '' for ours alone")
     p.add_argument("--out", default="bench_out/speed", help="folder for speed.md and speed.json")
     return p.parse_args(argv)
 
@@ -168,27 +171,18 @@ def flops_per_image(net: Callable, module: nn.Module, shape, device) -> tuple[fl
 
 
 def train_step_fn(cfg, module: nn.Module, net: Callable, optimizer, batch: int, device) -> Callable[[], int]:
-    """One training step of ``ddpm.training.loop`` on random images; returns the images it processed."""
+    """``ddpm.training.step.train_step`` (the training loop's step) of ``net`` on random images; returns the
+    images it processed."""
     schedule = build_schedule(cfg.diffusion).to(device)
-    objective = Objective(cfg.diffusion, schedule, device)
-    ema = make_ema(module)
     gen = torch.Generator(device).manual_seed(0)
+    state = TrainState(net, module, make_ema(module), optimizer, Objective(cfg.diffusion, schedule, device), gen,
+                       cfg.train)
     data = torch.rand(4 * batch, cfg.model.in_channels, *cfg.model.image_size, device=device, generator=gen) * 2 - 1
-    foreach = device.type in ("cpu", "cuda")
     module.train()
-    step = [0]
 
     def step_fn() -> int:
         idx = torch.randint(0, len(data), (batch,), device=device, generator=gen)
-        t, weights = objective.sample_timesteps(batch, gen)
-        noise = torch.randn(data[idx].shape, device=device, generator=gen)
-        loss = objective.loss(net, data[idx], t, noise, weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0, foreach=foreach)
-        optimizer.step()
-        update_ema(ema, module, ema_decay_at(step[0], cfg.train.ema_decay))
-        step[0] += 1
+        train_step(state, data[idx])
         return batch
 
     return step_fn
@@ -197,19 +191,30 @@ def train_step_fn(cfg, module: nn.Module, net: Callable, optimizer, batch: int, 
 def ours_train_step(cfg, model: nn.Module, *, precision: str = "auto", memory_format: str = "contiguous",
                     batch: int | None = None, warm_up_steps: int = 1) -> Callable[[], int]:
     """``train_step_fn`` of ``model`` on the CPU with our options (precision and AdamW resolved for the
-    CPU), after ``warm_up_steps`` untimed steps: the step the A/B and profile scripts time."""
+    CPU, uncompiled), after ``warm_up_steps`` untimed steps: the step the A/B and profile scripts time."""
     device = torch.device("cpu")
-    perf.to_memory_format(model, memory_format)
-    net = perf.Network(model, precision=perf.resolve_precision(precision, device), memory_format=memory_format)
-    opt = perf.make_adamw(model.parameters(), lr=cfg.train.lr, weight_decay=0.0, impl="auto", device=device)
+    net = rt.runner(model, rt.resolve(device, precision=precision, memory_format=memory_format, compile="none"))
+    opt = rt.make_adamw(model.parameters(), lr=cfg.train.lr, weight_decay=0.0, impl="auto", device=device)
     step = train_step_fn(cfg, model, net, opt, batch or cfg.train.batch_size, device)
     for _ in range(warm_up_steps):
         step()
     return step
 
 
+def with_variant(cfg, options: dict, device=None):
+    """``cfg`` with ``options`` (a ``parse_variant``) in place of its own: ``adamw_impl`` in its train
+    section, the others (and ``device``, when given) in its runtime section."""
+    runtime = {k: v for k, v in options.items() if k != "adamw_impl"}
+    if device is not None:
+        runtime["device"] = str(device)
+    train = {k: v for k, v in options.items() if k == "adamw_impl"}
+    return dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, **runtime),
+                               train=dataclasses.replace(cfg.train, **train))
+
+
 def ours_sample_fn(cfg, model: nn.Module, batch: int, device, options: dict) -> Callable[[], int]:
-    """A few reverse steps of ``sample_images`` (Algorithm 2) on a batch; returns network evaluations.
+    """A few reverse steps of ``Run.sample`` (Algorithm 2) on a batch with the runtime ``options`` (a
+    ``parse_variant``; the rest: the config's); returns network evaluations.
 
     Several steps per call amortise the call's set-up (schedule tables, grid coefficients), which a real
     1000-step run pays once: 2 on a CPU, where a step takes a large part of a second, 20 on a GPU.
@@ -218,11 +223,10 @@ def ours_sample_fn(cfg, model: nn.Module, batch: int, device, options: dict) -> 
     gen = torch.Generator(device).manual_seed(0)
     T = cfg.diffusion.timesteps
     grid = list(range(T // 2, T // 2 - steps, -1))  # mid-grid steps: every step draws noise
+    run, runtime = Run.of(model, cfg), with_variant(cfg, options, device).runtime
 
     def step_fn() -> int:
-        sample_images(model, cfg, batch, generator=gen, device=device, timesteps=grid, progress=False,
-                      precision=options.get("precision"), memory_format=options.get("memory_format"),
-                      compile=options.get("compile"))
+        run.sample(batch, generator=gen, timesteps=grid, runtime=runtime, progress=False)
         return batch * steps
 
     return step_fn
@@ -351,52 +355,51 @@ def alternate(steps: dict[str, Callable[[], int]], args, device) -> dict[str, li
 def build_rows(preset: str, args, device) -> list[dict]:
     """Every row of one preset: its networks, FLOP counts and the two step functions."""
     cfg = make_config(preset)
-    cfg.train.device = str(device)
+    cfg.runtime.device = str(device)
     shape = (cfg.model.in_channels, *cfg.model.image_size)
     train_batch = args.train_batch or cfg.train.batch_size
     sample_batch = args.sample_batch or train_batch
     rows = []
     for variant in args.ours_variants.split(","):
         options = parse_variant(variant)
-        resolved = {
-            "precision": perf.resolve_precision(options.get("precision", cfg.train.precision), device),
-            "memory_format": perf.resolve_memory_format(options.get("memory_format", cfg.train.memory_format), device),
-            "compile": perf.resolve_compile(options.get("compile", cfg.train.compile), device),
-            "adamw_impl": perf.resolve_adamw_impl(options.get("adamw_impl", cfg.train.adamw_impl), device),
-        }
+        ours = with_variant(cfg, options)
+        r = ours.runtime
+        train_options = rt.resolve(device, precision=r.precision, memory_format=r.memory_format, compile=r.compile)
+        resolved = {"precision": train_options.precision, "memory_format": train_options.memory_format,
+                    "compile": train_options.compile,
+                    "adamw_impl": rt.resolve_adamw_impl(ours.train.adamw_impl, device)}
         torch.manual_seed(0)
         fresh = build_model(cfg.model).to(device)  # FLOPs are counted on a plain float32 copy
-        model = perf.to_memory_format(build_model(cfg.model).to(device), resolved["memory_format"])
-        net = perf.Network(model, precision=resolved["precision"], memory_format=resolved["memory_format"],
-                           compile=resolved["compile"])
-        optimizer = perf.make_adamw(model.parameters(), lr=cfg.train.lr, weight_decay=0.0,
-                                    impl=resolved["adamw_impl"], device=device)
-        sampler_model = perf.to_memory_format(build_model(cfg.model).to(device), resolved["memory_format"])
-        sample_resolved = perf.resolve_compile(options.get("compile", cfg.train.compile), device, sampling=True)
+        model = build_model(cfg.model).to(device)
+        net = rt.runner(model, train_options)
+        optimizer = rt.make_adamw(model.parameters(), lr=cfg.train.lr, weight_decay=0.0,
+                                  impl=resolved["adamw_impl"], device=device)
+        sampler_model = build_model(cfg.model).to(device)
+        sample_resolved = rt.resolve_compile(r.compile, device, sampling=True)
         rows.append({
             "preset": preset, "model": "ours" if variant == "auto" else f"ours[{variant}]", "family": "ours",
             "config": f"base {cfg.model.base_channels}, mult {cfg.model.channel_mult}, dropout {cfg.model.dropout}",
             "options": {**resolved, "sample_compile": sample_resolved}, "precision": resolved["precision"],
             "params": sum(p.numel() for p in model.parameters()),
-            "flops": flops_per_image(perf.Network(fresh), fresh, shape, device),
+            "flops": flops_per_image(rt.ModelRunner(fresh), fresh, shape, device),
             "train": train_step_fn(cfg, model, net, optimizer, train_batch, device),
             "sample": ours_sample_fn(cfg, sampler_model, sample_batch, device, options),
         })
-    for peer in args.peers.split(","):
+    for peer in filter(None, args.peers.split(",")):
         spec = PEERS[preset][peer]
         for precision in ("fp32", "bf16"):
             torch.manual_seed(0)
             make = make_diffusers if peer == "diffusers" else make_lucidrains
             module = make(cfg, **spec).to(device)
-            net = perf.Network(module, precision=precision)
+            net = rt.ModelRunner(module, precision=precision)
             sample_module = make(cfg, **spec).to(device).eval()
-            sample_net = perf.Network(sample_module, precision=precision)
+            sample_net = rt.ModelRunner(sample_module, precision=precision)
             rows.append({
                 "preset": preset, "model": peer if precision == "fp32" else f"{peer}[bf16]", "family": peer,
                 "config": ", ".join(f"{k} {v}" for k, v in spec.items()), "precision": precision,
                 "options": {"precision": precision, "adamw_impl": "PyTorch default"},
                 "params": sum(p.numel() for p in module.parameters()),
-                "flops": flops_per_image(perf.Network(module), module, shape, device),
+                "flops": flops_per_image(rt.ModelRunner(module), module, shape, device),
                 "train": train_step_fn(cfg, module, net, torch.optim.AdamW(module.parameters(), lr=cfg.train.lr),
                                        train_batch, device),
                 "sample": (diffusers_sample_fn(cfg, sample_net, sample_batch, device) if peer == "diffusers"
@@ -412,7 +415,7 @@ def build_rows(preset: str, args, device) -> list[dict]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = resolve_device(args.device, DistEnv())
+    device = resolve_device(args.device)
     if args.clock == "cpu":
         if device.type != "cpu":
             raise SystemExit("--clock cpu times CPU work; use --clock wall on a GPU")

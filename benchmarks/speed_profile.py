@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (the benchmark's training step)
 
-from ddpm import performance as perf  # noqa: E402
-from ddpm.api import build_model  # noqa: E402
+from ddpm import runtime as rt  # noqa: E402
+from ddpm.pipeline import build_model  # noqa: E402
 from ddpm.presets import make_config  # noqa: E402
 
 # Profiler event name -> category; the first key contained in the name wins.
@@ -153,11 +153,11 @@ def main(argv=None) -> dict:
     if args.onednn_child:
         onednn_child(args)
         return {}
-    precision = perf.resolve_precision(args.precision, "cpu")
+    precision = rt.resolve_precision(args.precision, "cpu")
     result = {"preset": args.preset, "precision": precision, "threads": args.threads, "steps": args.steps,
               "batch": args.batch or make_config(args.preset).train.batch_size, "formats": {}}
     for fmt in args.memory_formats.split(","):
-        perf.check_options(memory_format=fmt)
+        rt.check_options(memory_format=fmt)
         print(f"profiling {args.steps} {fmt} steps of {args.preset}...", flush=True)
         r = profile_categories(args, fmt)
         if not args.no_onednn:

@@ -25,6 +25,7 @@ Tiny smoke run (seconds of training; keeps its classifier out of the real cache)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import parse_variant  # noqa: E402  (benchmarks/ is not a package)
+from speed import parse_variant, with_variant  # noqa: E402  (benchmarks/ is not a package)
 
 METRICS = ["fid", "kid", "confidence"]
 
@@ -55,19 +56,19 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from ddpm.api import load_run
     from ddpm.data.datasets import load_digits
     from ddpm.evaluation.classifier import ClassifierTrainConfig
     from ddpm.evaluation.features import extract
     from ddpm.evaluation.reference import classifier_reference
     from ddpm.evaluation.report import compute_metrics
     from ddpm.evaluation.samples import generate_samples
-    from ddpm.performance import resolve_precision
+    from ddpm.io import resolve_device
+    from ddpm.pipeline import SamplingOptions, load_run
     from ddpm.presets import make_config
-    from ddpm.training.distributed import DistEnv, resolve_device
+    from ddpm.runtime import resolve_precision
     from ddpm.training.loop import train
 
-    device = resolve_device(args.device, DistEnv())
+    device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_digits()
@@ -83,29 +84,27 @@ def main(argv=None) -> dict:
     for variant in args.variants.split(","):
         options = parse_variant(variant)
         for seed in (int(s) for s in args.seeds.split(",")):
-            cfg = make_config("digits")
-            cfg.train.device = str(device)
+            cfg = with_variant(make_config("digits"), options, device)
             cfg.train.seed = seed
             cfg.train.sample_every = 0
             if args.steps:
                 cfg.train.steps = args.steps
                 cfg.train.warmup_steps = min(cfg.train.warmup_steps, args.steps // 2)
                 cfg.train.checkpoint_every = args.steps
-            for k, v in options.items():
-                setattr(cfg.train, k, v)
             run_dir = out / f"{variant}-seed{seed}"
             t0 = time.perf_counter()
             train(cfg, run_dir, data=data, progress=False, resume=(run_dir / "checkpoint.safetensors").exists())
             wall = time.perf_counter() - t0
             run = load_run(run_dir, device)
-            sample = dict(sampler=args.sampler, steps=args.sample_steps, device=device, progress=False, seed=0,
+            sample = dict(sampling=SamplingOptions(args.sampler, steps=args.sample_steps), progress=False, seed=0,
                           batch_size=500)
             t0 = time.perf_counter()
-            own = generate_samples(run.model, run.config, args.n, **sample)  # the run's own options
+            own = generate_samples(run, args.n, **sample)  # the run's own runtime options
             sample_s = time.perf_counter() - t0
             plain = (resolve_precision(options.get("precision", "auto"), device) == "fp32"
                      and options.get("memory_format") != "channels_last")  # own sampling is already fp32
-            fp32 = own if plain else generate_samples(run.model, run.config, args.n, precision="fp32", **sample)
+            fp32 = own if plain else generate_samples(
+                run, args.n, runtime=dataclasses.replace(run.config.runtime, precision="fp32"), **sample)
             log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
             row = {"variant": variant, "seed": seed, "options": options, "steps": run.step, "train_wall_s": wall,
                    "train_images_per_s": log[-1].get("images_per_s"), "final_loss": log[-1]["loss"],

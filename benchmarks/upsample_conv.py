@@ -3,7 +3,7 @@ four output phases) against the resize-then-convolve form it replaces (``interpo
 the 3x3 convolution), in the training step and the sampling step of a preset.
 
 The same weights compute the same function both ways; only the arithmetic differs. Images/s of
-benchmarks/speed.py's training step and network evaluations/s of its sampling step (``sample_images``,
+benchmarks/speed.py's training step and network evaluations/s of its sampling step (``Run.sample``,
 Algorithm 2), the two forms alternating for ``--rounds`` rounds of ``--seconds`` each; ``--clock cpu``
 times one thread's CPU time, for a machine shared with other work. Prints the median of the per-round
 ratios (each round times both forms back to back, so the machine's drift cancels):
@@ -25,8 +25,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (the benchmark's training and sampling steps)
 
-from ddpm.api import build_model  # noqa: E402
 from ddpm.models.layers import Upsample  # noqa: E402
+from ddpm.pipeline import build_model  # noqa: E402
 from ddpm.presets import make_config  # noqa: E402
 
 

@@ -7,7 +7,6 @@ import json
 import types
 
 import pytest
-import torch
 
 from ddpm.diffusion.schedule import make_schedule
 from ddpm.sampling.noise import randn, seed_generators

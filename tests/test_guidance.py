@@ -19,7 +19,7 @@ from ddpm.diffusion.schedule import make_schedule
 from ddpm.errors import UserError
 from ddpm.pipeline import GuidanceOptions, Run, SamplingOptions, build_model, load_run
 from ddpm.sampling import SAMPLERS
-from ddpm.sampling.ancestral import grid_step_coefficients, sample_ancestral
+from ddpm.sampling.ancestral import grid_step_coefficients
 from ddpm.sampling.denoiser import Denoiser
 from ddpm.sampling.grids import timestep_grid
 from ddpm.sampling.guidance import ClassifierFreeGuidance, ClassifierGuidance, classifier_log_prob_grad

@@ -1,7 +1,6 @@
 """benchmarks/quality.py (the quality tables of issues 2-4): the whole benchmark on a tiny run, and the
 peers built at every data set's shape train and sample there (those need the `bench` extra)."""
 
-import argparse
 import importlib.util
 import json
 

@@ -4,7 +4,7 @@ import torch
 from ddpm.config import ModelConfig
 from ddpm.errors import UserError
 from ddpm.models.unet import UNet, count_parameters
-from ddpm.presets import PRESETS, make_config
+from ddpm.presets import make_config
 
 
 @pytest.mark.parametrize("preset", ["digits", "mnist"])

@@ -1,7 +1,9 @@
 """Typed configuration: the model, the diffusion, the training run and the runtime, saved as JSON in every
 checkpoint.
 
-A run is fully described by a ``RunConfig``; loading a checkpoint needs nothing else. Each field carries
+A run is fully described by a ``RunConfig``; loading a checkpoint needs nothing else. The classes have
+slots, so a misspelt or retired field (``cfg.train.precision``, now ``cfg.runtime.precision``) is an
+AttributeError, not a value silently lost. Each field carries
 its help text, and named options are ``Literal`` types, so the CLI derives its flags and choices from
 these classes (``ddpm.cli._common.add_config_flags``) instead of restating them.
 """
@@ -44,7 +46,7 @@ def doc(default, help: str, **cli):
     return field(default=default, metadata={"help": help, **cli})
 
 
-@dataclass
+@dataclass(slots=True)
 class ModelConfig:
     """The U-Net noise predictor. It knows image shapes and channels, never the diffusion."""
 
@@ -63,7 +65,7 @@ class ModelConfig:
     num_classes: int | None = doc(None, "class-conditional when set; index num_classes means 'no label'", cli=False)
 
 
-@dataclass
+@dataclass(slots=True)
 class DiffusionConfig:
     schedule: ScheduleName = doc("linear", "variance schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)")
     timesteps: int = doc(1000, "T, the number of diffusion steps", positive=True)
@@ -79,7 +81,7 @@ class DiffusionConfig:
     clip_x0: bool = doc(True, "clip the predicted x0 to [-1, 1] when sampling (off for latents)")
 
 
-@dataclass
+@dataclass(slots=True)
 class TrainConfig:
     data: str = doc("digits", "digits | mnist | fashion-mnist | cifar10 | a folder of images | hf:NAME[:SPLIT]")
     data_dir: str | None = doc(None, "folder holding a named set's original files (MNIST IDX files, CIFAR-10 "
@@ -107,7 +109,7 @@ class TrainConfig:
     adamw_impl: AdamWImplName = doc("auto", "AdamW implementation (auto: fused where PyTorch has the kernel)")
 
 
-@dataclass
+@dataclass(slots=True)
 class RuntimeConfig:
     """How the network runs (``ddpm.runtime``): saved with the run, overridable when sampling."""
 
@@ -119,7 +121,7 @@ class RuntimeConfig:
                                "reduce-overhead (CUDA graphs) for sampling)")
 
 
-@dataclass
+@dataclass(slots=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

@@ -1,6 +1,6 @@
 """Named starting points: a model sized for a resolution plus training settings that suit it.
 
-``digits`` is the default and trains on a 2-core CPU in minutes; ``ddpm-cifar10`` is Ho et al.'s
+``digits`` is the default and is sized to train on a laptop CPU; ``ddpm-cifar10`` is Ho et al.'s
 CIFAR-10 network exactly (35.7M parameters), so the published checkpoints load into it.
 """
 
@@ -17,8 +17,8 @@ PRESETS: dict[str, dict] = {
         train=dict(data="digits", steps=2500, batch_size=128, lr=1e-3, ema_decay=0.999,
                    num_sample_images=36),
     ),
-    # 28x28 MNIST / Fashion-MNIST, sized to train on a 2-core CPU in well under an hour (about 22
-    # minutes on the development machine; benchmarks/quality.py --data mnist measures it).
+    # 28x28 MNIST / Fashion-MNIST, sized to train on a 2-core CPU in well under an hour
+    # (benchmarks/quality.py --data mnist measures it; benchmarks/README.md has the time).
     "mnist": dict(
         model=dict(image_size=(28, 28), in_channels=1, base_channels=32, channel_mult=(1, 2, 2),
                    num_res_blocks=1, attention_resolutions=(7,), num_heads=4, dropout=0.1, norm_groups=8),

@@ -127,8 +127,9 @@ def add_runtime_flags(parser: argparse.ArgumentParser, *, only: Sequence[str] | 
 
 
 def runtime_config(args: argparse.Namespace, base=None):
-    """``base`` (a run's RuntimeConfig; default: all auto) with the runtime flags given applied."""
-    return update(base or RuntimeConfig(), config_values(args, RuntimeConfig), "runtime")
+    """``base`` (a run's RuntimeConfig; default: all auto) with the runtime flags given applied. A run's saved
+    device does not carry over: the command runs where --device (default: auto) loaded the run."""
+    return update(base or RuntimeConfig(), {"device": "auto", **config_values(args, RuntimeConfig)}, "runtime")
 
 
 def device_of(args: argparse.Namespace):

@@ -24,6 +24,7 @@ from ddpm.evaluation.features import extract, make_extractor
 from ddpm.evaluation.reference import classifier_reference, reference_stats
 from ddpm.evaluation.report import SAMPLE_METRICS, check_sample_count, compute_metrics, format_table, parse_metrics
 from ddpm.evaluation.samples import generate_samples, load_samples
+from ddpm.io import write_text_atomic
 from ddpm.pipeline import SamplingOptions, load_run
 
 # Metrics that need the model itself rather than its samples: name -> "module:function". The function
@@ -110,51 +111,12 @@ def run(args: argparse.Namespace) -> int:
     report: dict = {"metrics": {}, "reference": {"data": reference.name, "num_images": len(reference)},
                     "seconds": {}}
     if run_:
-        shape = (run_.config.model.in_channels, *run_.config.model.image_size)
         report["source"] = {"checkpoint": str(args.checkpoint), "step": run_.step, "sampler": sampling.sampler,
                             "steps": args.steps or run_.config.diffusion.timesteps, "seed": args.seed}
     else:
         report["source"] = {"samples": str(args.samples)}
-    if sample_names:
-        features_name = args.features or ("inception" if reference.shape[0] == 3 and min(reference.shape[1:]) >= 32
-                                          else "classifier")
-        t0 = time.perf_counter()  # the extractor (a first-use classifier trains here) and the reference
-        if features_name == "classifier" and not args.classifier:
-            extractor, stats = classifier_reference(reference, device=device, batch_size=args.batch_size,
-                                                    progress=progress)
-        else:
-            extractor = make_extractor(features_name, classifier=args.classifier,
-                                       inception_weights=args.inception_weights, device=device)
-            stats = reference_stats(reference, extractor, device=device, batch_size=args.batch_size,
-                                    progress=progress)
-        report["seconds"]["reference_features"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        if run_:
-            if shape != reference.shape:
-                raise UserError(f"the run makes {'x'.join(map(str, shape))} images but {reference.name} holds "
-                                f"{'x'.join(map(str, reference.shape))} images; pick a matching --reference")
-            images = generate_samples(run_, n, seed=args.seed, batch_size=args.batch_size, progress=progress,
-                                      sampling=sampling, runtime=runtime_config(args, run_.config.runtime))
-            report["seconds"]["sampling"] = time.perf_counter() - t0
-        else:
-            images = load_samples(args.samples, n)
-            n = len(images)
-            check_sample_count(sample_names, n, len(reference))
-            if tuple(images.shape[1:]) != reference.shape:
-                raise UserError(f"the samples are {'x'.join(map(str, images.shape[1:]))} images but {reference.name} "
-                                f"holds {'x'.join(map(str, reference.shape))} images; pick a matching --reference")
-        t0 = time.perf_counter()
-        feats, logits = extract(extractor, images, batch_size=args.batch_size, device=device, progress=progress,
-                                desc="sample features")
-        report["seconds"]["sample_features"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        report["metrics"].update(compute_metrics(sample_names, feats, logits, stats,
-                                                 num_classes=extractor.num_classes, seed=args.seed))
-        report["seconds"]["metrics"] = time.perf_counter() - t0
-        report["features"] = extractor.info
-    else:
-        features_name = "model"
+    features_name, n = (_score_samples(args, run_, reference, sampling, sample_names, n, report, device, progress)
+                         if sample_names else ("model", n))
     report["n"] = n
     for name, fn in model_fns.items():
         t0 = time.perf_counter()
@@ -163,8 +125,7 @@ def run(args: argparse.Namespace) -> int:
         report["seconds"][name] = time.perf_counter() - t0
 
     out = default_out(args, features_name, n)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
     rows: dict = {k: v for k, v in report["metrics"].items() if not isinstance(v, (list, dict))}  # curves: JSON only
     if "held_out_accuracy" in report.get("features", {}):
         rows["classifier held-out accuracy"] = float(report["features"]["held_out_accuracy"])
@@ -173,3 +134,46 @@ def run(args: argparse.Namespace) -> int:
                              f"{features_name} features"))
     print(f"report written to {out}")
     return 0
+
+
+def _score_samples(args, run_, reference, sampling: SamplingOptions, names: list[str], n: int | None, report: dict,
+                   device, progress: bool) -> tuple[str, int]:
+    """The sample metrics into ``report``: reference features, the samples (drawn from the run or read from
+    --samples) and their features; returns (feature extractor's name, number of samples)."""
+    features_name = args.features or ("inception" if reference.shape[0] == 3 and min(reference.shape[1:]) >= 32
+                                      else "classifier")
+    t0 = time.perf_counter()  # the extractor (a first-use classifier trains here) and the reference
+    if features_name == "classifier" and not args.classifier:
+        extractor, stats = classifier_reference(reference, device=device, batch_size=args.batch_size,
+                                                progress=progress)
+    else:
+        extractor = make_extractor(features_name, classifier=args.classifier,
+                                   inception_weights=args.inception_weights, device=device)
+        stats = reference_stats(reference, extractor, device=device, batch_size=args.batch_size, progress=progress)
+    report["seconds"]["reference_features"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if run_:
+        if run_.shape != reference.shape:
+            raise UserError(f"the run makes {'x'.join(map(str, run_.shape))} images but {reference.name} holds "
+                            f"{'x'.join(map(str, reference.shape))} images; pick a matching --reference")
+        images = generate_samples(run_, n, seed=args.seed, batch_size=args.batch_size, progress=progress,
+                                  sampling=sampling, runtime=runtime_config(args, run_.config.runtime))
+        report["seconds"]["sampling"] = time.perf_counter() - t0
+    else:
+        images = load_samples(args.samples, n)
+        n = len(images)
+        check_sample_count(names, n, len(reference))
+        if tuple(images.shape[1:]) != reference.shape:
+            raise UserError(f"the samples are {'x'.join(map(str, images.shape[1:]))} images but {reference.name} "
+                            f"holds {'x'.join(map(str, reference.shape))} images; pick a matching --reference")
+    t0 = time.perf_counter()
+    feats, logits = extract(extractor, images, batch_size=args.batch_size, device=device, progress=progress,
+                            desc="sample features")
+    report["seconds"]["sample_features"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report["metrics"].update(compute_metrics(names, feats, logits, stats, num_classes=extractor.num_classes,
+                                             seed=args.seed))
+    report["seconds"]["metrics"] = time.perf_counter() - t0
+    report["features"] = extractor.info
+    return features_name, n

@@ -62,7 +62,7 @@ def load_images(args, count: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    T, schedule_name = args.timesteps or DiffusionConfig.timesteps, args.schedule or DiffusionConfig.schedule
+    T, schedule_name = args.timesteps or DiffusionConfig().timesteps, args.schedule or DiffusionConfig().schedule
     steps = resolve_steps(parse_ints(args.t) if args.t else default_forward_steps(T), T)
     x0 = load_images(args, args.n)
     schedule = make_schedule(schedule_name, T)

@@ -14,25 +14,18 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from ddpm.cli._common import add_config_flags, add_runtime_flags, device_of, positive_int
+from ddpm.cli._common import add_config_flags, add_runtime_flags, config_values, device_of
 from ddpm.config import update
 from ddpm.data.datasets import load_dataset
 from ddpm.errors import UserError
 from ddpm.evaluation.classifier import ClassifierTrainConfig, save_classifier, train_classifier
+from ddpm.models.classifier import ClassifierConfig
 from ddpm.training.noisy_classifier import NoisyClassifierTrainConfig, save_noisy_classifier, train_noisy_classifier
 
-# flag -> field of ClassifierTrainConfig (or of its .model when prefixed "model."). New options (e.g. a
-# time-conditioned classifier on noisy inputs) add a flag in add_parser and a line here.
-CLASSIFIER_FLAGS = {
-    "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "held_out": "held_out", "seed": "seed",
-    "feature_dim": "model.feature_dim",
-}
-# flag -> field of NoisyClassifierTrainConfig (ddpm.training.noisy_classifier), for --noisy.
-NOISY_FLAGS = {
-    "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "held_out": "held_out", "seed": "seed",
-    "schedule": "schedule", "timesteps": "timesteps", "base_channels": "base_channels",
-}
+# The flags only the noisy classifier takes (fields of NoisyClassifierTrainConfig); the others are the fields
+# of ClassifierTrainConfig, which the noisy one shares, and the clean classifier's feature width.
 NOISY_ONLY = ("schedule", "timesteps", "base_channels")
+CLEAN_ONLY = ("feature_dim",)
 
 
 def add_parser(sub) -> None:
@@ -41,12 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default="digits", help="labelled data set name (default: digits)")
     p.add_argument("--data-dir", help="folder holding the data set's files")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--epochs", type=positive_int("--epochs"))
-    p.add_argument("--batch-size", type=positive_int("--batch-size"))
-    p.add_argument("--lr", type=float)
-    p.add_argument("--held-out", type=float, help="share of the data held out for the accuracy (default: 0.2)")
-    p.add_argument("--feature-dim", type=positive_int("--feature-dim"), help="width of the feature layer")
-    p.add_argument("--seed", type=int)
+    add_config_flags(p, ClassifierTrainConfig, skip=("model",), title="training (defaults: the clean classifier's)")
+    add_config_flags(p, ClassifierConfig, only=CLEAN_ONLY)
     p.add_argument("--noisy", action="store_true",
                    help="train the noise-aware classifier p(y | x_t, t) for classifier guidance instead")
     add_config_flags(p, NoisyClassifierTrainConfig, only=NOISY_ONLY)
@@ -55,19 +44,12 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_config(args: argparse.Namespace):
+def resolve_config(args: argparse.Namespace) -> ClassifierTrainConfig:
     cfg = ClassifierTrainConfig(device=str(device_of(args)))
-    top, model = {}, {}
-    for flag, name in CLASSIFIER_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            if name.startswith("model."):
-                model[name.removeprefix("model.")] = value
-            else:
-                top[name] = value
-    if model:
-        top["model"] = {**asdict(cfg.model), **model}
-    return update(cfg, top, "classifier")
+    values = config_values(args, ClassifierTrainConfig)
+    if args.feature_dim is not None:
+        values["model"] = {**asdict(cfg.model), "feature_dim": args.feature_dim}
+    return update(cfg, values, "classifier")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,9 +70,8 @@ def run(args: argparse.Namespace) -> int:
 def _run_noisy(args: argparse.Namespace) -> int:
     if args.feature_dim is not None:
         raise UserError("--feature-dim applies to the clean-image classifier, not --noisy")
-    values = {name: getattr(args, flag) for flag, name in NOISY_FLAGS.items() if getattr(args, flag, None) is not None}
-    cfg = update(NoisyClassifierTrainConfig(device=str(device_of(args))), values,
-                 "noisy classifier")
+    cfg = update(NoisyClassifierTrainConfig(device=str(device_of(args))),
+                 config_values(args, NoisyClassifierTrainConfig), "noisy classifier")
     data = load_dataset(args.data, args.data_dir)
     model, info = train_noisy_classifier(data, cfg, progress=not args.no_progress)
     out = save_noisy_classifier(model, args.out, {"schedule": cfg.schedule, "timesteps": cfg.timesteps}, info)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ddpm.config import _build
+from ddpm.config import _build, doc
 from ddpm.data.datasets import ImageDataset
 from ddpm.errors import UserError
 from ddpm.io import atomic_write, read_safetensors, write_text_atomic
@@ -34,13 +34,13 @@ from ddpm.training.fit import fit, split_indices
 class ClassifierTrainConfig:
     """How a classifier is trained; extra options (e.g. noisy inputs) are added as fields here."""
 
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    held_out: float = 0.2  # share of the data kept for the held-out accuracy
-    seed: int = 0
-    device: str = "cpu"
+    epochs: int = doc(15, "passes over the training share", positive=True)
+    batch_size: int = doc(64, "images per step", positive=True)
+    lr: float = doc(2e-3, "peak learning rate (AdamW, one-cycle)")
+    weight_decay: float = doc(1e-4, "AdamW weight decay")
+    held_out: float = doc(0.2, "share of the data held out for the accuracy")
+    seed: int = doc(0, "seed of the split, the initialisation and the batches")
+    device: str = doc("cpu", "the device to train on", cli=False)
     model: ClassifierConfig = field(default_factory=ClassifierConfig)
 
 

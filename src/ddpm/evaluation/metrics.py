@@ -3,7 +3,7 @@
 FID, KID and the Inception Score are torchmetrics' own implementations, fed precomputed features through
 ``FeatureInput`` (torchmetrics accepts any ``nn.Module`` as its ``feature`` extractor); only what no
 library provides is written here: k-NN precision/recall (Kynkaanniemi et al. 2019) and the
-classifier-confidence metrics of issue 2 (share of confident samples, normalized class entropy).
+classifier-confidence metrics (share of confident samples, normalized class entropy).
 """
 
 from __future__ import annotations
@@ -100,14 +100,13 @@ def frechet_distance_se(real: torch.Tensor | FidReference, fake: torch.Tensor, *
     """Bootstrap standard error of ``frechet_distance(real, fake)`` over the draw of ``fake``: the spread
     of the distance over ``resamples`` resamplings of the fake features with replacement.
 
-    ``resamples`` by default: 50 (the estimate within ~10%) for up to 512 features, where a distance costs
-    milliseconds; 10 (~22%) above, as for Inception's 2048, where each costs about a second on a CPU.
+    ``resamples`` by default: 50 (the estimate within ~10%) for up to 512 features, where a distance is
+    cheap; 10 (~22%) above, as for Inception's 2048, where each needs the square root of a 2048 x 2048
+    matrix.
 
     It measures how much the score of N samples moves with the samples drawn, which dominates small-N
-    comparisons: with a classifier's features the mean term follows the class mix of the samples. On
-    the digits model of benchmarks/quality.py, six sets of 1,000 samples from one sampler scored between
-    0.14 and 0.68 (``ddpm evaluate --sampler dpm++2m-sde --steps 20 --n 1000 --metrics fid --seed S``,
-    S = 0, 1000, ..., 5000), with standard errors of 0.15-0.31."""
+    comparisons: with a classifier's features the mean term follows the class mix of the samples
+    (benchmarks/README.md shows how far six seeds' scores of one digits model spread)."""
     if resamples is None:
         resamples = 50 if fake.shape[1] <= 512 else 10
     g = torch.Generator().manual_seed(seed)
@@ -188,7 +187,7 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, *, k: int = 3, batc
 
 
 def confident_share(logits: torch.Tensor, threshold: float = 0.9) -> float:
-    """Share of samples whose top class probability exceeds ``threshold`` (issue 2's "% confident")."""
+    """Share of samples whose top class probability exceeds ``threshold`` ("% confident" in the benchmark tables)."""
     return (logits.softmax(dim=1).max(dim=1).values > threshold).double().mean().item()
 
 

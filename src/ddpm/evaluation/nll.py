@@ -22,7 +22,7 @@ from ddpm.sampling.noise import randn
 @torch.inference_mode()
 def evaluate_nll(run, dataset, n: int | None = None, batch_size: int = 256, generator: torch.Generator | None = None,
                  progress: bool = True, *, device=None, seed: int | None = None) -> dict:
-    """The NLL bound of ``run`` (a ``ddpm.api.Run``) on the first ``n`` images of ``dataset`` (all by default).
+    """The NLL bound of ``run`` (a ``ddpm.pipeline.Run``) on the first ``n`` images of ``dataset`` (all by default).
 
     The noise comes from ``generator`` (or a CPU generator seeded with ``seed``); ``device`` moves the
     run's model there (default: where it is). This is what ``ddpm evaluate --metrics nll`` calls.

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm.config import ModelConfig
+from ddpm.config import ModelConfig, doc
 from ddpm.errors import UserError
 from ddpm.models.layers import Attention, Downsample, ResBlock, group_norm, timestep_embedding
 from ddpm.models.unet import _run, check_model_config
@@ -43,7 +43,7 @@ class ClassifierConfig:
     image_size: tuple[int, int] = (8, 8)
     num_classes: int = 10
     widths: tuple[int, ...] = ()  # () picks by size: (32, 64) up to 8 px (digits), (32, 64, 128) above
-    feature_dim: int = 128
+    feature_dim: int = doc(128, "width of the feature layer", positive=True)
     min_size: int = 4
     dropout: float = 0.1
 

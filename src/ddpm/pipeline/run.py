@@ -26,6 +26,7 @@ from ddpm.checkpoint import load_ema
 from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, RuntimeConfig
 from ddpm.diffusion.schedule import Schedule, make_schedule
 from ddpm.errors import UserError
+from ddpm.io import resolve_device
 from ddpm.models.unet import UNet
 from ddpm.pipeline.options import GuidanceOptions, SamplingOptions
 from ddpm.sampling import SAMPLERS, Step
@@ -71,8 +72,13 @@ class Run:
 
     def network(self, runtime: RuntimeConfig | None = None) -> rt.ModelRunner:
         """The model as ``runtime`` (default: the run's) runs it when sampling (a compiled model is cached,
-        so later batches reuse it)."""
+        so later batches reuse it). Sampling runs where the model is (``load_run(path, device)`` puts it
+        there; the run's own saved device is not binding), so a ``runtime`` asking for another device is a
+        mistake, not a silent move."""
         r = runtime or self.config.runtime
+        if runtime is not None and r.device != "auto" and resolve_device(r.device) != self.device:
+            raise UserError(f"the model is on {self.device}, the runtime asks for {r.device}; load the run there "
+                            f"(load_run(path, {r.device!r}) or --device {r.device})")
         return rt.runner(self.model, rt.resolve(self.device, precision=r.precision, memory_format=r.memory_format,
                                                 compile=r.compile, sampling=True))
 

@@ -31,7 +31,7 @@ class DistEnv:
                    int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def resolve_device(name: str, env: DistEnv) -> torch.device:
+def rank_device(name: str, env: DistEnv) -> torch.device:
     """The device of this process: under torchrun each rank takes the GPU of its local rank."""
     return io.resolve_device(name, env.local_rank if env.enabled else None)
 

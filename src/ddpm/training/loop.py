@@ -99,7 +99,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
     """Train (or resume) a run in ``run_dir``; returns the run folder. Ctrl-C saves and returns."""
     run_dir = Path(run_dir)
     env = dist.DistEnv.from_environ()
-    device = dist.resolve_device(cfg.runtime.device, env)
+    device = dist.rank_device(cfg.runtime.device, env)
     dist.setup(env, device)
     tc = cfg.train
     saved = _saved_state(cfg, run_dir, resume)

@@ -36,6 +36,8 @@ FORMAT = NOISY_FORMAT
 
 @dataclass
 class NoisyClassifierTrainConfig:
+    """How the noisy classifier is trained (the shared fields mean what ``ClassifierTrainConfig``'s do)."""
+
     epochs: int = 40
     batch_size: int = 128
     lr: float = 1e-3

@@ -8,7 +8,7 @@ blurred). ``save_gif`` writes frames as an animated GIF, each with its caption.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
