@@ -1,4 +1,4 @@
-"""Issue 8's speed table: our U-Net presets against diffusers' ``UNet2DModel`` and lucidrains' ``Unet``
+"""The speed table: our U-Net presets against diffusers' ``UNet2DModel`` and lucidrains' ``Unet``
 (denoising-diffusion-pytorch), timed in one run on one machine.
 
 For every preset (``--presets mnist,cifar10``; ``digits`` for a smoke test) it builds our network and
