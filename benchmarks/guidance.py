@@ -133,6 +133,48 @@ def noisy_classifier(args, data, run, out: Path, device):
     return load_noisy_classifier(path, device, diffusion=run.config.diffusion)
 
 
+def unconditional_run(args, run, device):
+    """(the unconditional run, its name in the table): --uncond-checkpoint, or the conditional model's "no
+    label" entry."""
+    from ddpm.pipeline import Run, load_run
+
+    if args.uncond_checkpoint:
+        return load_run(args.uncond_checkpoint, device), f"run {args.uncond_checkpoint}"
+    uncond_cfg = copy.deepcopy(run.config)
+    uncond_cfg.model.num_classes = None
+    return Run.of(NoLabel(run.model).eval(), uncond_cfg), "the conditional model's 'no label' entry"
+
+
+def evaluate_setting(name: str, run, args, sampling, guidance, extractor, ref, K: int, labels, out: Path,
+                     device) -> dict:
+    """The row of ``name``: ``run`` sampled with ``guidance`` (its strength or scale shown in the row), n
+    samples for each of the ``K`` classes from seeds SEED + k n, ...; ``labels`` (None: unconditional) are
+    the classes asked for, which the accuracy compares with the evaluation classifier's."""
+    from ddpm.evaluation.features import extract
+    from ddpm.evaluation.report import compute_metrics
+    from ddpm.evaluation.samples import generate_samples
+    from ddpm.viz.grid import save_grid
+
+    n = args.n_per_class
+    t0 = time.perf_counter()
+    xs = [generate_samples(run, n, seed=args.seed + k * n, batch_size=args.batch_size, progress=False,
+                           y=None if labels is None else k, sampling=sampling, guidance=guidance) for k in range(K)]
+    x = torch.cat(xs)
+    seconds = time.perf_counter() - t0
+    save_grid(x.view(K, n, *x.shape[1:])[:, :10].reshape(-1, *x.shape[1:]), out / f"{name}.png", nrow=min(n, 10))
+    feats, logits = extract(extractor, x, device=device, progress=False)
+    row = {"setting": name, **compute_metrics(["fid"], feats, logits, ref, seed=args.seed),  # fid, fid_se
+           "sample_seconds": seconds}
+    if guidance.scale is not None:
+        row["guidance"] = guidance.scale
+    if guidance.classifier is not None:
+        row["classifier_scale"] = guidance.classifier_scale
+    if labels is not None:
+        row["accuracy"] = (logits.argmax(1) == labels).float().mean().item()
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main(argv=None) -> dict:
     from ddpm.cli._common import parse_floats
     from ddpm.data.datasets import load_dataset
@@ -140,11 +182,8 @@ def main(argv=None) -> dict:
     from ddpm.evaluation.features import extract
     from ddpm.evaluation.metrics import frechet_distance
     from ddpm.evaluation.reference import classifier_reference, real_floor_images
-    from ddpm.evaluation.report import compute_metrics
-    from ddpm.evaluation.samples import generate_samples
     from ddpm.io import resolve_device
-    from ddpm.pipeline import GuidanceOptions, Run, SamplingOptions, load_run
-    from ddpm.viz.grid import save_grid
+    from ddpm.pipeline import GuidanceOptions, Run, SamplingOptions
 
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -158,13 +197,7 @@ def main(argv=None) -> dict:
     run, run_info = conditional_run(args, data, out, device)
     if run.config.model.num_classes != K:
         raise SystemExit(f"{args.checkpoint} is not a conditional model of the {K} classes of {data.name}")
-    if args.uncond_checkpoint:
-        uncond, uncond_name = load_run(args.uncond_checkpoint, device), f"run {args.uncond_checkpoint}"
-    else:
-        uncond_cfg = copy.deepcopy(run.config)
-        uncond_cfg.model.num_classes = None
-        uncond = Run.of(NoLabel(run.model).eval(), uncond_cfg)
-        uncond_name = "the conditional model's 'no label' entry"
+    uncond, uncond_name = unconditional_run(args, run, device)
     guide_clf, guide_info = noisy_classifier(args, data, run, out, device)
 
     eval_cfg = ClassifierTrainConfig(**({"epochs": args.eval_classifier_epochs} if args.eval_classifier_epochs else {}))
@@ -174,27 +207,8 @@ def main(argv=None) -> dict:
     sampling = SamplingOptions(args.sampler, steps=args.steps)
 
     def evaluate(name: str, run: Run, *, conditional: bool, guidance: GuidanceOptions = GuidanceOptions()) -> dict:
-        """The row of ``name``: ``run`` sampled with ``guidance`` (its strength or scale shown in the row)."""
-        t0 = time.perf_counter()
-        xs = []
-        for k in range(K):
-            xs.append(generate_samples(run, n, seed=args.seed + k * n, batch_size=args.batch_size, progress=False,
-                                       y=k if conditional else None, sampling=sampling, guidance=guidance))
-        x = torch.cat(xs)
-        seconds = time.perf_counter() - t0
-        save_grid(x.view(K, n, *x.shape[1:])[:, :10].reshape(-1, *x.shape[1:]), out / f"{name}.png",
-                  nrow=min(n, 10))
-        feats, logits = extract(extractor, x, device=device, progress=False)
-        row = {"setting": name, **compute_metrics(["fid"], feats, logits, ref, seed=args.seed),  # fid, fid_se
-               "sample_seconds": seconds}
-        if guidance.scale is not None:
-            row["guidance"] = guidance.scale
-        if guidance.classifier is not None:
-            row["classifier_scale"] = guidance.classifier_scale
-        if conditional:
-            row["accuracy"] = (logits.argmax(1) == labels).float().mean().item()
-        print(json.dumps(row), flush=True)
-        return row
+        return evaluate_setting(name, run, args, sampling, guidance, extractor, ref, K,
+                                labels if conditional else None, out, device)
 
     rows = [evaluate("unconditional", uncond, conditional=False)]
     for w in parse_floats(args.guidance, "--guidance"):

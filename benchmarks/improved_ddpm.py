@@ -146,6 +146,26 @@ def paired_difference(nll_results: dict) -> dict:
     return {"simple_minus_hybrid_bpd": diff.mean().item(), "stderr": se, "n": len(diff)}
 
 
+def nll_bounds(args, out: Path, data, device, results: dict) -> dict:
+    """The NLL bound of each trained model (L_simple's with both fixed variances) on the first --n-nll
+    images, recorded in ``results``; returns the full results by "name (variance)"."""
+    nll_results = {}
+    for name in MODELS:
+        run = load_run(out / f"run-{name}", device)
+        variances = ["beta", "beta_tilde"] if name == "simple" else [run.config.diffusion.variance]
+        for variance in variances:
+            run.config.diffusion.variance = variance
+            t0 = time.perf_counter()
+            r = evaluate_nll(run, data, n=args.n_nll, batch_size=args.nll_batch_size,
+                             generator=torch.Generator().manual_seed(args.seed), progress=True)
+            key = f"{name} ({variance})"
+            nll_results[key] = r
+            results["models"][name].setdefault("nll", {})[variance] = {
+                k: v for k, v in r.items() if k not in ("per_t", "per_image")} | {"seconds": time.perf_counter() - t0}
+            print(f"NLL {key}: {r['bpd']:.4f} +- {r['bpd_stderr']:.4f} bits/dim", flush=True)
+    return nll_results
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from ddpm.evaluation.classifier import ClassifierTrainConfig
@@ -174,21 +194,7 @@ def main(argv=None) -> dict:
                                    "timesteps": cfg.diffusion.timesteps}
         print(f"{name}: {steps} steps in {results['models'][name]['train_seconds']:.0f} s", flush=True)
 
-    # --- NLL bound -------------------------------------------------------------------------------------
-    nll_results = {}
-    for name in MODELS:
-        run = load_run(out / f"run-{name}", device)
-        variances = ["beta", "beta_tilde"] if name == "simple" else [run.config.diffusion.variance]
-        for variance in variances:
-            run.config.diffusion.variance = variance
-            t0 = time.perf_counter()
-            r = evaluate_nll(run, data, n=args.n_nll, batch_size=args.nll_batch_size,
-                             generator=torch.Generator().manual_seed(args.seed), progress=True)
-            key = f"{name} ({variance})"
-            nll_results[key] = r
-            results["models"][name].setdefault("nll", {})[variance] = {
-                k: v for k, v in r.items() if k not in ("per_t", "per_image")} | {"seconds": time.perf_counter() - t0}
-            print(f"NLL {key}: {r['bpd']:.4f} +- {r['bpd_stderr']:.4f} bits/dim", flush=True)
+    nll_results = nll_bounds(args, out, data, device, results)
     results["nll_difference"] = paired_difference(nll_results)
     plot_vlb_terms(nll_results[f"hybrid ({MODELS['hybrid'][0]})"], out / "vlb_terms.png",
                    label="L_hybrid, learned_range", others={f"L_simple, {k.split('(')[1][:-1]}": v

@@ -71,7 +71,7 @@ def flag_name(f: dataclasses.Field) -> str:
     return "--" + f.metadata.get("flag", f.name).replace("_", "-")
 
 
-def _flag_kwargs(f: dataclasses.Field, hint, default) -> dict[str, Any]:
+def _flag_kwargs(f: dataclasses.Field, hint, default=None) -> dict[str, Any]:
     """argparse keyword arguments for one field: type and choices from its annotation, help from its doc."""
     args = get_args(hint)
     if get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:  # X | None
@@ -100,13 +100,13 @@ def _flag_kwargs(f: dataclasses.Field, hint, default) -> dict[str, Any]:
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, *, only: Sequence[str] | None = None,
                      skip: Sequence[str] = (), defaults: dict[str, Any] | None = None,
-                     title: str | None = None) -> None:
+                     title: str | None = None, show_defaults: bool = True) -> None:
     """One flag per field of dataclass ``cls`` (``only`` those, none of ``skip``). Every flag defaults to
     None ("not given"); ``defaults`` only changes the default shown in the help, for sub-commands whose
-    default differs from the field's."""
+    default differs from the field's, and ``show_defaults=False`` shows none (a preset decides them)."""
     group = parser.add_argument_group(title) if title else parser
     hints = get_type_hints(cls)
-    shown = {f.name: f.default for f in dataclasses.fields(cls)} | (defaults or {})
+    shown = {f.name: f.default if show_defaults else None for f in dataclasses.fields(cls)} | (defaults or {})
     for f in dataclasses.fields(cls):
         if (only is not None and f.name not in only) or f.name in skip or f.metadata.get("cli") is False:
             continue

@@ -43,9 +43,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="runs/digits", help="run folder (default: runs/digits)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_config_flags(p, TrainConfig, title="training (default: the preset's)")
-    add_config_flags(p, DiffusionConfig, title="diffusion (default: the preset's)")
-    add_config_flags(p, ModelConfig, title="model (default: the preset's)")
+    for title, cls in (("training", TrainConfig), ("diffusion", DiffusionConfig), ("model", ModelConfig)):
+        add_config_flags(p, cls, title=f"{title} (default: the preset's, saved in RUN/config.json)",
+                         show_defaults=False)
     add_runtime_flags(p)
     p.set_defaults(func=run)
 

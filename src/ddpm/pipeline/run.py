@@ -156,6 +156,10 @@ class Steps:
     def __len__(self) -> int:
         return self.total
 
+    def close(self) -> None:
+        """Stop early: the model gets its own mode back."""
+        self._steps.close()
+
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     """Load the EMA model of a run folder (or its ema.safetensors); the config comes from the file."""
