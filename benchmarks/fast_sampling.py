@@ -57,7 +57,7 @@ from ddpm.data.datasets import load_dataset
 from ddpm.errors import UserError
 from ddpm.io import resolve_device
 from ddpm.pipeline import SamplingOptions, load_run
-from ddpm.sampling import DEFAULT_GRIDS, SAMPLERS
+from ddpm.sampling import SAMPLERS
 from ddpm.sampling.noise import randn, seed_generators
 
 # diffusers variant -> the method (our sampler's name) it is compared with
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
         name, _, grid = spec.partition(":")
         if name not in SAMPLERS:
             raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-        jobs.append(("ours", name, grid or None, f"{name} ({grid or DEFAULT_GRIDS.get(name, 'even')})"))
+        jobs.append(("ours", name, grid or None, f"{name} ({grid or SAMPLERS[name].default_grid})"))
     for variant in args.diffusers:
         make_scheduler(run, variant)  # fail early on a bad name or a missing diffusers
         jobs.append(("diffusers", variant, None, f"diffusers {variant}"))

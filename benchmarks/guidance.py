@@ -112,12 +112,8 @@ def conditional_run(args, data, out: Path, device):
 
 
 def noisy_classifier(args, data, run, out: Path, device):
-    from ddpm.training.noisy_classifier import (
-        NoisyClassifierTrainConfig,
-        load_noisy_classifier,
-        save_noisy_classifier,
-        train_noisy_classifier,
-    )
+    from ddpm.models.classifier import load_noisy_classifier, save_noisy_classifier
+    from ddpm.training.noisy_classifier import NoisyClassifierTrainConfig, train_noisy_classifier
 
     path = args.classifier
     if not path:

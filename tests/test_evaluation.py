@@ -15,9 +15,9 @@ from ddpm.cli import main
 from ddpm.data.datasets import load_digits
 from ddpm.errors import UserError
 from ddpm.evaluation import metrics as M
-from ddpm.evaluation.classifier import load_classifier, save_classifier
 from ddpm.evaluation.features import ClassifierExtractor, extract, make_extractor
 from ddpm.evaluation.reference import cache_dir, cached_classifier, reference_stats
+from ddpm.models.classifier import load_classifier, save_classifier
 from ddpm.training.loop import train
 from tests.conftest import tiny_config
 

@@ -17,19 +17,15 @@ from ddpm.config import derive
 from ddpm.data.datasets import load_digits
 from ddpm.diffusion.schedule import make_schedule
 from ddpm.errors import UserError
+from ddpm.models.classifier import load_noisy_classifier, save_noisy_classifier
 from ddpm.pipeline import GuidanceOptions, Run, SamplingOptions, build_model, load_run
-from ddpm.sampling import SAMPLERS
+from ddpm.sampling import SAMPLERS, run
 from ddpm.sampling.ancestral import grid_step_coefficients
 from ddpm.sampling.denoiser import Denoiser
 from ddpm.sampling.grids import timestep_grid
 from ddpm.sampling.guidance import ClassifierFreeGuidance, ClassifierGuidance, classifier_log_prob_grad
 from ddpm.training.loop import train
-from ddpm.training.noisy_classifier import (
-    NoisyClassifierTrainConfig,
-    load_noisy_classifier,
-    save_noisy_classifier,
-    train_noisy_classifier,
-)
+from ddpm.training.noisy_classifier import NoisyClassifierTrainConfig, train_noisy_classifier
 from ddpm.training.step import drop_labels
 from tests.conftest import tiny_config
 from tests.test_sampling_core import gaussian_denoiser
@@ -275,9 +271,9 @@ def test_guided_samples_score_higher_log_p_than_unguided_from_the_same_noise(sam
     form = "mean_shift" if sampler == "ancestral" else "score"
     guided = ClassifierGuidance(base, gaussian_classifier, y, 2.0, schedule, form=form,
                                 timesteps=timestep_grid(100, 20))
-    run = lambda d: SAMPLERS[sampler](d, x_T, schedule, timestep_grid(100, 20),  # noqa: E731
-                                      generator=torch.Generator().manual_seed(1), progress=False)
-    before, after = log_p(run(base), y), log_p(run(guided), y)
+    draw = lambda d: run(SAMPLERS[sampler].steps, d, x_T, schedule, timestep_grid(100, 20),  # noqa: E731
+                         generator=torch.Generator().manual_seed(1), progress=False)
+    before, after = log_p(draw(base), y), log_p(draw(guided), y)
     assert (after > before).all()
     assert abs(before.exp().mean() - 0.5) < 0.1  # unguided samples know no class: p(y | x) ~ 1/2 on average
 

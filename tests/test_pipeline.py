@@ -98,3 +98,30 @@ def test_configs_refuse_unknown_names_and_misspelt_fields():
         RunConfig.from_dict(d)
     with pytest.raises(AttributeError):
         RunConfig().train.precision = "fp32"  # a runtime option now: slots catch the old spelling
+
+
+def test_a_config_file_from_before_the_runtime_section_still_reads(tmp_path):
+    """[train] device / precision (where they lived before) land in [runtime]."""
+    from ddpm.config import read_config_file
+
+    path = tmp_path / "old.toml"
+    path.write_text('[train]\nsteps = 3\ndevice = "cpu"\nprecision = "fp32"\n')
+    values = read_config_file(path)
+    assert values["train"] == {"steps": 3} and values["runtime"] == {"device": "cpu", "precision": "fp32"}
+
+
+def test_cli_one_line_errors_for_a_bad_image_size_and_a_bad_device(tmp_path, capsys):
+    from ddpm.cli import main
+
+    assert main(["train", "--image-size", "28", "--steps", "1", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert "image size takes height and width" in capsys.readouterr().err
+    assert main(["train-classifier", "--device", "tpu", "--out", str(tmp_path / "c")]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+
+
+def test_train_classifier_resolves_the_device_flag():
+    from ddpm.cli.train_classifier import resolve_config
+
+    args = subparser("train-classifier").parse_args(["--out", "x", "--device", "auto", "--epochs", "2"])
+    cfg = resolve_config(args)
+    assert cfg.device in ("cpu", "cuda:0") and cfg.epochs == 2

@@ -198,7 +198,7 @@ def test_inversion_walks_the_same_grid_upwards(toy):
     s, denoise, _, x0 = toy
     seen = []
     grid = timestep_grid(1000, 8, "logsnr", schedule=s)
-    ddim_invert(denoise, x0, s, grid, callback=lambda i, t, x, p: seen.append(t), progress=False)
+    ddim_invert(denoise, x0, s, grid, callback=lambda step: seen.append(step.t), progress=False)
     assert seen == grid[::-1] and seen[-1] == 999 and seen[0] == 0
 
 

@@ -54,5 +54,5 @@ def test_callback_sees_every_step_starting_from_pure_noise():
     s = make_schedule("linear", 30)
     seen = []
     sample_ancestral(gaussian_denoiser(s, 0.0, 1.0), torch.zeros(2, 1), s,
-                     callback=lambda i, t, x, p: seen.append(t), progress=False)
+                     callback=lambda step: seen.append(step.t), progress=False)
     assert seen == list(range(29, -1, -1))

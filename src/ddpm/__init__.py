@@ -1,6 +1,6 @@
 """ddpm: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020) and what grew out of them.
 
-Everything the practical needs, bottom-up (each layer imports only the ones above it in this list):
+Everything the practical needs, from the math up to the pipeline and training:
 
     schedules and the forward process     make_schedule, Schedule, extract, q_sample, q_posterior
     configs                               RunConfig, ModelConfig, DiffusionConfig, TrainConfig, RuntimeConfig
@@ -9,9 +9,9 @@ Everything the practical needs, bottom-up (each layer imports only the ones abov
     the pipeline                          load_run, Run (.sample, .steps), SamplingOptions, GuidanceOptions
     training                              train, train_step, TrainState
 
-The package's layers, bottom-up. A module imports only from its own layer and the layers below it
-(tests/test_layers.py checks every import), so a newcomer can read the package from the bottom and
-never meet a name from a floor above.
+The package's layers, ``LAYERS``, listed from the ground floor up. A module imports only from its own
+layer and the ones listed before it (tests/test_layers.py checks every import), so a newcomer can read
+the package from the bottom and never meet a name from a floor above.
 
     errors, io      one-line user errors; atomic writes, safetensors reading, device resolution
     diffusion       schedules, forward process and posterior, parametrizations, losses, likelihood
@@ -29,9 +29,6 @@ never meet a name from a floor above.
     cli             one module per ``ddpm`` sub-command, flags derived from the configs
 """
 
-LAYERS = ("errors", "io", "diffusion", "runtime", "config", "checkpoint", "presets", "models", "data", "sampling",
-          "viz", "pipeline", "training", "evaluation", "cli")
-
 from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig
 from ddpm.diffusion.process import q_posterior, q_sample
 from ddpm.diffusion.schedule import Schedule, extract, make_schedule
@@ -43,6 +40,9 @@ from ddpm.sampling import SAMPLERS, Step, sample_ancestral, sample_ddim, sample_
 from ddpm.sampling.denoiser import Denoiser, Prediction
 from ddpm.training.loop import train
 from ddpm.training.step import TrainState, train_step
+
+LAYERS = ("errors", "io", "diffusion", "runtime", "config", "checkpoint", "presets", "models", "data", "sampling",
+          "viz", "pipeline", "training", "evaluation", "cli")
 
 __all__ = [
     "SAMPLERS", "Denoiser", "DiffusionConfig", "GuidanceOptions", "ModelConfig", "Prediction", "Run", "RunConfig",

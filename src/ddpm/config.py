@@ -42,7 +42,7 @@ AdamWImplName = Literal[ADAMW_IMPLS]
 def doc(default, help: str, **cli):
     """A dataclass field with its ``help``, the text of the CLI flag derived from it; ``cli`` holds further
     hints for that flag: ``positive=True`` (an int that must be > 0), ``flag="name"`` (another flag name),
-    ``cli=False`` (no flag)."""
+    ``metavar``, ``none_means="..."`` (what a default of None means, for the help), ``cli=False`` (no flag)."""
     return field(default=default, metadata={"help": help, **cli})
 
 
@@ -137,7 +137,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        return _build(cls, _upgrade(d), "config")
+        return build(cls, _upgrade(d), "config")
 
 
 def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
@@ -164,8 +164,9 @@ def derive(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def _build(cls, d: dict[str, Any], where: str):
-    """Construct a (nested) dataclass from a dict, rejecting unknown keys with a clear message."""
+def build(cls, d: dict[str, Any], where: str):
+    """Construct a (nested) dataclass ``cls`` from a dict, rejecting unknown keys and names with a one-line
+    error that says ``where`` they are."""
     if not isinstance(d, dict):
         raise UserError(f"{where} must be a table/object, got {type(d).__name__}")
     hints = get_type_hints(cls)
@@ -177,7 +178,7 @@ def _build(cls, d: dict[str, Any], where: str):
     for name, value in d.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}.{name}")
+            kwargs[name] = build(hint, value, f"{where}.{name}")
         elif get_origin(hint) is Literal and value not in get_args(hint):
             raise UserError(f"unknown {where}.{name} {value!r}; choose one of {', '.join(map(str, get_args(hint)))}")
         elif isinstance(value, list):
@@ -190,16 +191,18 @@ def _build(cls, d: dict[str, Any], where: str):
 def update(obj, values: dict[str, Any], where: str):
     """A copy of dataclass ``obj`` with ``values`` replaced (same checks as ``from_dict``)."""
     merged = {**dataclasses.asdict(obj), **values}
-    return _build(type(obj), merged, where)
+    return build(type(obj), merged, where)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or TOML config file with sections [model], [diffusion], [train] (all optional)."""
+    """Read a JSON or TOML config file with sections [model], [diffusion], [train], [runtime] (all optional);
+    a file written before [runtime] existed (device and speed options in [train]) reads as if it had it."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     try:
         text = p.read_text()
-        return tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+        values = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as e:
         raise UserError(f"cannot parse config file {p}: {e}") from None
+    return _upgrade(values)

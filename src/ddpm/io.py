@@ -49,6 +49,12 @@ def read_safetensors(path: str | Path, what: str = "checkpoint") -> tuple[dict[s
         raise UserError(f"cannot read {what} {path}: {e}") from None
 
 
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether two device names mean the same device (``"mps"`` is ``mps:0``, ``"cuda"`` is ``cuda:0``)."""
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"cuda:N"`` | ``"mps"`` as a device; a missing GPU is a UserError.
 

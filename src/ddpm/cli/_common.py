@@ -41,12 +41,6 @@ def int_tuple(name: str):
     return parse
 
 
-def require_positive(**values: int | None) -> None:
-    for name, value in values.items():
-        if value is not None and value <= 0:
-            raise UserError(f"{name} must be positive, got {value}")
-
-
 def _parse_list(text: str, what: str, cast: Callable[[str], Any], kind: str) -> list:
     try:
         values = [cast(v) for v in text.replace(" ", "").split(",") if v]
@@ -77,6 +71,8 @@ def _flag_kwargs(f: dataclasses.Field, hint, default=None) -> dict[str, Any]:
     if get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:  # X | None
         hint = next(a for a in args if a is not type(None))
     help_text = f.metadata.get("help", "")
+    if default is None:
+        default = f.metadata.get("none_means")  # what leaving it unset means, e.g. "all T"
     if default is not None and default is not dataclasses.MISSING:
         help_text += f" (default: {','.join(map(str, default)) if isinstance(default, tuple) else default})"
     kwargs: dict[str, Any] = {"help": help_text, "dest": f.name, "default": None}
@@ -100,10 +96,11 @@ def _flag_kwargs(f: dataclasses.Field, hint, default=None) -> dict[str, Any]:
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, *, only: Sequence[str] | None = None,
                      skip: Sequence[str] = (), defaults: dict[str, Any] | None = None,
-                     title: str | None = None, show_defaults: bool = True) -> None:
+                     title: str | None = None, show_defaults: bool = True):
     """One flag per field of dataclass ``cls`` (``only`` those, none of ``skip``). Every flag defaults to
     None ("not given"); ``defaults`` only changes the default shown in the help, for sub-commands whose
-    default differs from the field's, and ``show_defaults=False`` shows none (a preset decides them)."""
+    default differs from the field's, and ``show_defaults=False`` shows none (a preset decides them).
+    Returns the argument group (``title``) or the parser, for further flags of the same kind."""
     group = parser.add_argument_group(title) if title else parser
     hints = get_type_hints(cls)
     shown = {f.name: f.default if show_defaults else None for f in dataclasses.fields(cls)} | (defaults or {})
@@ -111,11 +108,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, only: Sequence[str
         if (only is not None and f.name not in only) or f.name in skip or f.metadata.get("cli") is False:
             continue
         group.add_argument(flag_name(f), **_flag_kwargs(f, hints[f.name], shown[f.name]))
+    return group
 
 
 def config_values(args: argparse.Namespace, cls) -> dict[str, Any]:
     """The fields of ``cls`` whose flags were given, as {field: value}."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if f.metadata.get("cli") is not False and getattr(args, f.name, None) is not None}
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser, *, only: Sequence[str] | None = None,
@@ -126,9 +125,9 @@ def add_runtime_flags(parser: argparse.ArgumentParser, *, only: Sequence[str] | 
     add_config_flags(parser, RuntimeConfig, only=only, defaults=defaults, title="runtime (how the network runs)")
 
 
-def runtime_config(args: argparse.Namespace, base=None):
-    """``base`` (a run's RuntimeConfig; default: all auto) with the runtime flags given applied. A run's saved
-    device does not carry over: the command runs where --device (default: auto) loaded the run."""
+def runtime_config(args: argparse.Namespace, base: RuntimeConfig | None = None) -> RuntimeConfig:
+    """``base`` (default: all auto) with the runtime flags given applied, device auto unless --device: a
+    command runs where --device (default: auto) loaded the run, not where the run was saved from."""
     return update(base or RuntimeConfig(), {"device": "auto", **config_values(args, RuntimeConfig)}, "runtime")
 
 

@@ -11,6 +11,7 @@ classifier of the reference data, trained and cached on first use unless ``--cla
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -20,7 +21,7 @@ from pathlib import Path
 from ddpm.cli._common import add_config_flags, add_runtime_flags, config_values, device_of, positive_int, runtime_config
 from ddpm.data.datasets import load_dataset
 from ddpm.errors import UserError
-from ddpm.evaluation.features import extract, make_extractor
+from ddpm.evaluation.features import EXTRACTORS, extract, make_extractor
 from ddpm.evaluation.reference import classifier_reference, reference_stats
 from ddpm.evaluation.report import SAMPLE_METRICS, check_sample_count, compute_metrics, format_table, parse_metrics
 from ddpm.evaluation.samples import generate_samples, load_samples
@@ -48,7 +49,7 @@ def add_parser(sub) -> None:
                    help=f"number of samples (default: {DEFAULT_N} from a run, all of --samples)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i (default: 0)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
-    p.add_argument("--features", choices=["inception", "classifier"],
+    p.add_argument("--features", choices=EXTRACTORS,
                    help="feature extractor (default: inception for RGB images of 32 px and up, else classifier)")
     p.add_argument("--classifier", help="classifier folder from `ddpm train-classifier` (default: one trained "
                    "on the reference data, cached)")
@@ -74,14 +75,15 @@ def _model_metric(name: str):
     return getattr(importlib.import_module(module_name), fn_name)
 
 
-def default_out(args, features: str, n: int) -> Path:
+def default_out(args, features: str, n: int, sampling: SamplingOptions) -> Path:
+    """--out, or a name that tells apart reports of different samplers, grids and sample counts."""
     if args.out:
         return Path(args.out)
     if args.checkpoint:
         folder = Path(args.checkpoint)
         folder = folder if folder.is_dir() else folder.parent
-        steps = f"-{args.steps}steps" if args.steps else ""
-        return folder / "eval" / f"{features}-{args.sampler or 'ancestral'}{steps}-n{n}-seed{args.seed}.json"
+        steps = f"-{sampling.steps}steps-{sampling.default_grid}" if sampling.steps else ""
+        return folder / "eval" / f"{features}-{sampling.sampler}{steps}-n{n}-seed{args.seed}.json"
     p = Path(args.samples)
     return (p if p.is_dir() else p.parent) / f"eval-{features}-n{n}.json"
 
@@ -93,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
     model_fns = {m: _model_metric(m) for m in names if m in MODEL_METRICS}
     if model_fns and not args.checkpoint:
         raise UserError(f"{', '.join(model_fns)} needs the model: pass --checkpoint, not --samples")
-    if args.steps is not None and args.samples:
-        raise UserError("--steps applies to sampling from --checkpoint, not to --samples")
     sampling = SamplingOptions(**config_values(args, SamplingOptions))
     if args.samples and sampling != SamplingOptions():
         raise UserError("the sampler flags apply to sampling from --checkpoint, not to --samples")
@@ -112,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
                     "seconds": {}}
     if run_:
         report["source"] = {"checkpoint": str(args.checkpoint), "step": run_.step, "sampler": sampling.sampler,
-                            "steps": args.steps or run_.config.diffusion.timesteps, "seed": args.seed}
+                            "steps": args.steps or run_.config.diffusion.timesteps, "seed": args.seed,
+                            "sampling": dataclasses.asdict(sampling),
+                            "runtime": dataclasses.asdict(runtime_config(args, run_.config.runtime))}
     else:
         report["source"] = {"samples": str(args.samples)}
     features_name, n = (_score_samples(args, run_, reference, sampling, sample_names, n, report, device, progress)
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         report["metrics"].update(fn(run_, reference, args.n, device=device, seed=args.seed, progress=progress))
         report["seconds"][name] = time.perf_counter() - t0
 
-    out = default_out(args, features_name, n)
+    out = default_out(args, features_name, n, sampling)
     write_text_atomic(out, json.dumps(report, indent=2) + "\n")
     rows: dict = {k: v for k, v in report["metrics"].items() if not isinstance(v, (list, dict))}  # curves: JSON only
     if "held_out_accuracy" in report.get("features", {}):

@@ -53,8 +53,8 @@ def add_parser(sub) -> None:
     p.add_argument("--image-a", help="images: first image file (instead of --data)")
     p.add_argument("--image-b", help="images: second image file")
     p.add_argument("--out", help="PNG file, or a folder (default: RUN/interpolate-MODE.png)")
-    add_config_flags(p, SamplingOptions, title="sampler (default: ddim for seeds, ancestral (Algorithm 2) for images; "
-                     "--steps counts over the whole of T)")
+    add_config_flags(p, SamplingOptions, title="sampler (--steps counts over the whole of T)",
+                     defaults={"sampler": "ddim for seeds, ancestral (Algorithm 2) for images"})
     add_runtime_flags(p, of_run=True)
     p.set_defaults(func=run)
 

@@ -40,11 +40,10 @@ from ddpm.cli._common import (
 )
 from ddpm.errors import UserError
 from ddpm.io import write_text_atomic
+from ddpm.models.classifier import load_noisy_classifier
 from ddpm.pipeline import GuidanceOptions, Run, SamplingOptions, load_run
-from ddpm.sampling.grids import timestep_grid
 from ddpm.sampling.guidance import check_labels
 from ddpm.sampling.noise import seed_generators
-from ddpm.training.noisy_classifier import load_noisy_classifier
 from ddpm.viz.figures import resolve_steps
 from ddpm.viz.grid import save_grid, save_image, to_uint8
 from ddpm.viz.process import TrajectoryRecorder, nearest_on_grid
@@ -67,8 +66,8 @@ def add_parser(sub) -> None:
                    "scaled to T; T means T-1); a step off the sampler's grid moves to the nearest one on it")
     p.add_argument("--out", help="output folder (default: RUN/samples-seedSEED)")
     add_config_flags(p, SamplingOptions, title="sampler")
-    add_config_flags(p, GuidanceOptions, title="guidance")
-    p.add_argument("--classifier", help="noisy classifier for classifier guidance (ddpm train-classifier --noisy)")
+    guidance = add_config_flags(p, GuidanceOptions, title="guidance", show_defaults=False)
+    guidance.add_argument("--classifier", help="noisy classifier for classifier guidance (ddpm train-classifier --noisy)")
     add_runtime_flags(p, of_run=True)
     p.set_defaults(func=run)
 
@@ -108,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _trajectory_recorder(args: argparse.Namespace, run_: Run, sampling: SamplingOptions):
     """The callback recording --trajectory for the first 8 samples, and the grid it records on."""
-    T = run_.schedule.num_timesteps
-    grid = timestep_grid(T, sampling.steps, sampling.default_grid, schedule=run_.schedule)
+    T, grid = run_.schedule.num_timesteps, run_.grid(sampling)
     if args.trajectory_steps:
         wanted = parse_ints(args.trajectory_steps, "--trajectory-steps")
     else:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from ddpm.cli._common import picture_path, positive_int
+from ddpm.cli._common import add_config_flags, picture_path
+from ddpm.config import DiffusionConfig
 from ddpm.errors import UserError
 from ddpm.viz.plots import plot_schedules, schedule_table
 
@@ -17,7 +18,7 @@ from ddpm.viz.plots import plot_schedules, schedule_table
 def add_parser(sub) -> None:
     p = sub.add_parser("schedule", help="print (and --plot) the linear and cosine variance schedules",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--timesteps", type=positive_int("--timesteps"), default=1000, help="T (default: 1000)")
+    add_config_flags(p, DiffusionConfig, only=("timesteps",))
     p.add_argument("--plot", action="store_true", help="also draw the curves to --out")
     p.add_argument("--out", help="PNG file, or a folder (default: schedule.png)")
     p.set_defaults(func=run)
@@ -26,8 +27,9 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.out and not args.plot:
         raise UserError("--out needs --plot (without it the schedule is only printed)")
-    print(schedule_table(args.timesteps))
+    T = args.timesteps or DiffusionConfig().timesteps
+    print(schedule_table(T))
     if args.plot:
-        out = plot_schedules(picture_path(args.out, "schedule.png"), args.timesteps)
+        out = plot_schedules(picture_path(args.out, "schedule.png"), T)
         print(f"wrote {out}")
     return 0

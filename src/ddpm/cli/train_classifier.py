@@ -18,9 +18,9 @@ from ddpm.cli._common import add_config_flags, add_runtime_flags, config_values,
 from ddpm.config import update
 from ddpm.data.datasets import load_dataset
 from ddpm.errors import UserError
-from ddpm.evaluation.classifier import ClassifierTrainConfig, save_classifier, train_classifier
-from ddpm.models.classifier import ClassifierConfig
-from ddpm.training.noisy_classifier import NoisyClassifierTrainConfig, save_noisy_classifier, train_noisy_classifier
+from ddpm.evaluation.classifier import ClassifierTrainConfig, train_classifier
+from ddpm.models.classifier import ClassifierConfig, save_classifier, save_noisy_classifier
+from ddpm.training.noisy_classifier import NoisyClassifierTrainConfig, train_noisy_classifier
 
 # The flags only the noisy classifier takes (fields of NoisyClassifierTrainConfig); the others are the fields
 # of ClassifierTrainConfig, which the noisy one shares, and the clean classifier's feature width.

@@ -1,32 +1,26 @@
-"""Training, saving and loading the small image classifier (``ddpm.models.classifier.Classifier``) whose
-penultimate layer gives a domain feature space for FID.
+"""Training the small image classifier (``ddpm.models.classifier.Classifier``) whose penultimate layer
+gives a domain feature space for FID.
 
 The Inception-v3 of FID (Heusel et al. 2017) sees 299x299 ImageNet photos; on 8x8 digits or 28x28 MNIST
 its features say little and its weights may not be at hand offline. A classifier trained on the data
 set itself gives features that separate what matters there (the digit), the "domain FID" used for
 small images (e.g. the LeNet features of Salimans et al. 2016's MNIST experiments).
 
-Saved as one ``classifier.safetensors`` (weights; config and held-out accuracy in its metadata) plus a
-readable ``classifier.json`` beside it. No pickle.
+``ddpm.models.classifier.save_classifier`` writes it as one ``classifier.safetensors`` (weights; config
+and held-out accuracy in its metadata) plus a readable ``classifier.json`` beside it. No pickle.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
-from ddpm.config import _build, doc
+from ddpm.config import doc
 from ddpm.data.datasets import ImageDataset
 from ddpm.errors import UserError
-from ddpm.io import atomic_write, read_safetensors, write_text_atomic
-from ddpm.models.classifier import CLEAN_FORMAT as FORMAT
-from ddpm.models.classifier import INFO, WEIGHTS, Classifier, ClassifierConfig
+from ddpm.models.classifier import Classifier, ClassifierConfig
 from ddpm.training.fit import fit, split_indices
 
 
@@ -99,31 +93,3 @@ def train_classifier(data: ImageDataset, cfg: ClassifierTrainConfig | None = Non
         "train": {k: v for k, v in asdict(cfg).items() if k != "model"},
     }
     return model, info
-
-
-def save_classifier(model: Classifier, path: str | Path, info: dict[str, Any] | None = None) -> Path:
-    """Write PATH/classifier.safetensors (+ PATH/classifier.json); returns the folder."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    config = json.dumps(asdict(model.config))
-    meta = {"format": FORMAT, "config": config, "info": json.dumps(info or {})}
-    atomic_write(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    write_text_atomic(folder / INFO, json.dumps({"config": asdict(model.config), **(info or {})}, indent=2) + "\n")
-    return folder
-
-
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
-    """(model in eval mode, info) from a folder written by ``save_classifier`` or its .safetensors file."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / WEIGHTS
-    if not p.is_file():
-        raise UserError(f"classifier not found: {path} (train one with: ddpm train-classifier --data NAME --out PATH)")
-    tensors, meta = read_safetensors(p, "classifier")
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{p} is not a ddpm classifier (format {meta.get('format')!r})")
-    cfg = _build(ClassifierConfig, json.loads(meta["config"]), "classifier config")
-    model = Classifier(cfg)
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), json.loads(meta.get("info", "{}"))

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpm.errors import UserError
-from ddpm.evaluation.classifier import Classifier, load_classifier
+from ddpm.models.classifier import Classifier, load_classifier
 
 EXTRACTORS = ("inception", "classifier")
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"

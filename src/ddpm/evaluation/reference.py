@@ -22,16 +22,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ddpm.data.datasets import ImageDataset
-from ddpm.evaluation.classifier import (
-    Classifier,
-    ClassifierTrainConfig,
-    load_classifier,
-    save_classifier,
-    train_classifier,
-)
+from ddpm.evaluation.classifier import ClassifierTrainConfig, train_classifier
 from ddpm.evaluation.features import ClassifierExtractor, FeatureExtractor, extract
 from ddpm.evaluation.metrics import FidReference
 from ddpm.io import atomic_write
+from ddpm.models.classifier import Classifier, load_classifier, save_classifier
 
 CACHE_ENV = "DDPM_CACHE"
 REFERENCE_FORMAT = "ddpm-reference-1"

@@ -16,14 +16,19 @@ enough at 8x8-28x28). Its architecture is a ``ModelConfig`` with ``num_classes``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
-from ddpm.config import ModelConfig, doc
+from ddpm.config import DiffusionConfig, ModelConfig, build, doc
 from ddpm.errors import UserError
+from ddpm.io import atomic_write, read_safetensors, write_text_atomic
 from ddpm.models.layers import Attention, Downsample, ResBlock, group_norm, timestep_embedding
 from ddpm.models.unet import _run, check_model_config
 
@@ -46,7 +51,6 @@ class ClassifierConfig:
     feature_dim: int = doc(128, "width of the feature layer", positive=True)
     min_size: int = 4
     dropout: float = 0.1
-
 
 
 class Classifier(nn.Module):
@@ -82,7 +86,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self.features(x))
-
 
 
 class NoisyClassifier(nn.Module):
@@ -126,3 +129,74 @@ class NoisyClassifier(nn.Module):
             h = _run(layers, h, emb)
         h = _run(self.mid, h, emb)
         return self.head(F.silu(self.norm_out(h)).mean(dim=(2, 3)))
+
+
+# --- files: PATH/classifier.safetensors (weights; config and info in its metadata) + PATH/classifier.json ---
+
+
+def _write(model: nn.Module, path: str | Path, meta: dict[str, str], readable: dict[str, Any]) -> Path:
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    write_text_atomic(folder / INFO, json.dumps(readable, indent=2) + "\n")
+    return folder
+
+
+def _read(path: str | Path, fmt: str, train_hint: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Path]:
+    """(tensors, metadata, file) of a classifier file of format ``fmt``; anything else is a UserError."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / WEIGHTS
+    if not p.is_file():
+        raise UserError(f"classifier not found: {path} (train one with: {train_hint})")
+    tensors, meta = read_safetensors(p, "classifier")
+    if fmt == NOISY_FORMAT and meta.get("format") == CLEAN_FORMAT:
+        raise UserError(f"{p} is a clean-image classifier; guidance needs one trained on noisy images "
+                        "(ddpm train-classifier --noisy)")
+    if meta.get("format") != fmt:
+        kind = "noisy classifier" if fmt == NOISY_FORMAT else "classifier"
+        raise UserError(f"{p} is not a ddpm {kind} (format {meta.get('format')!r})")
+    return tensors, meta, p
+
+
+def save_classifier(model: Classifier, path: str | Path, info: dict[str, Any] | None = None) -> Path:
+    """Write PATH/classifier.safetensors (+ PATH/classifier.json); returns the folder."""
+    config = asdict(model.config)
+    meta = {"format": CLEAN_FORMAT, "config": json.dumps(config), "info": json.dumps(info or {})}
+    return _write(model, path, meta, {"config": config, **(info or {})})
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
+    """(model in eval mode, info) from a folder written by ``save_classifier`` or its .safetensors file."""
+    tensors, meta, _ = _read(path, CLEAN_FORMAT, "ddpm train-classifier --data NAME --out PATH")
+    model = Classifier(build(ClassifierConfig, json.loads(meta["config"]), "classifier config"))
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), json.loads(meta.get("info", "{}"))
+
+
+def save_noisy_classifier(model: NoisyClassifier, path: str | Path, diffusion: dict[str, Any],
+                          info: dict[str, Any] | None = None) -> Path:
+    """Write PATH/classifier.safetensors (+ PATH/classifier.json); ``diffusion`` = {"schedule", "timesteps"}."""
+    config = asdict(model.config)
+    meta = {"format": NOISY_FORMAT, "config": json.dumps(config), "diffusion": json.dumps(diffusion),
+            "info": json.dumps(info or {})}
+    return _write(model, path, meta, {"format": NOISY_FORMAT, "config": config, "diffusion": diffusion, **(info or {})})
+
+
+def load_noisy_classifier(path: str | Path, device: str | torch.device = "cpu", *,
+                          diffusion: DiffusionConfig | None = None) -> tuple[NoisyClassifier, dict[str, Any]]:
+    """(model in eval mode, info with "schedule" and "timesteps") from ``save_noisy_classifier``'s folder or file.
+
+    With ``diffusion``, a classifier trained on another schedule or T is a ``UserError``: its t would
+    mean a different noise level than the sampler's.
+    """
+    tensors, meta, _ = _read(path, NOISY_FORMAT, "ddpm train-classifier --noisy --out PATH")
+    model = NoisyClassifier(build(ModelConfig, json.loads(meta["config"]), "classifier config"))
+    model.load_state_dict(tensors)
+    info = {**json.loads(meta.get("info", "{}")), **json.loads(meta["diffusion"])}
+    if diffusion is not None and (info["schedule"], info["timesteps"]) != (diffusion.schedule, diffusion.timesteps):
+        raise UserError(f"the classifier {path} was trained for a {info['schedule']} schedule with T = "
+                        f"{info['timesteps']}, the model uses {diffusion.schedule} with T = {diffusion.timesteps}; "
+                        "train one with matching --schedule/--timesteps")
+    return model.to(device).eval(), info

@@ -16,6 +16,8 @@ from ddpm.models.layers import Attention, Downsample, ResBlock, Upsample, group_
 
 def check_model_config(cfg: ModelConfig) -> None:
     """One-line errors for shapes and settings the network cannot take."""
+    if len(cfg.image_size) != 2:
+        raise UserError(f"image size takes height and width (e.g. 28,28), got {','.join(map(str, cfg.image_size))}")
     h, w = cfg.image_size
     factor = 2 ** (len(cfg.channel_mult) - 1)
     if h <= 0 or w <= 0:

@@ -13,6 +13,7 @@ import torch
 from ddpm.config import RunConfig
 from ddpm.diffusion.process import q_sample
 from ddpm.errors import UserError
+from ddpm.pipeline.options import SamplingOptions
 from ddpm.pipeline.run import Run
 from ddpm.sampling.grids import timestep_grid
 from ddpm.sampling.noise import randn, seed_generators
@@ -62,9 +63,11 @@ def interpolate_seeds(run: Run, seed_a: int, seed_b: int, lambdas: Sequence[floa
     return run.sample(len(lambdas), x_T=x_T, generator=gens, **options)
 
 
-def grid_from(t: int, num_timesteps: int, steps: int | None = None) -> list[int]:
-    """The sampling grid cut to start at step t: t, then the grid's steps below t, ending at 0."""
-    return [t] + [s for s in timestep_grid(num_timesteps, steps) if s < t]
+def grid_from(t: int, num_timesteps: int, steps: int | None = None, kind: str = "even", *,
+              schedule=None) -> list[int]:
+    """The sampling grid (``steps`` of kind ``kind`` over all of T) cut to start at step t: t, then the
+    grid's steps below t."""
+    return [t] + [s for s in timestep_grid(num_timesteps, steps, kind, schedule=schedule) if s < t]
 
 
 def interpolate_images(run: Run, x_a: torch.Tensor, x_b: torch.Tensor, steps: Sequence[int],
@@ -77,7 +80,7 @@ def interpolate_images(run: Run, x_a: torch.Tensor, x_b: torch.Tensor, steps: Se
     image, so the noise level stays right; the reverse process' noise is also shared by every lambda
     (Fig. 8 "fixed the noise for different values of lambda"). Small t reconstructs and blends pixels;
     large t forgets the sources and yields new, smoothly varying images. The grid below t is that of
-    ``sampling.steps`` evenly spaced steps over all of T (all T by default).
+    ``sampling`` over all of T (all T steps by default), cut at t.
 
     ``x_a`` and ``x_b`` are (1, C, H, W) or (C, H, W) in [-1, 1]. Returns (len(steps), len(lambdas), C, H, W).
     """
@@ -88,7 +91,7 @@ def interpolate_images(run: Run, x_a: torch.Tensor, x_b: torch.Tensor, steps: Se
         raise UserError(f"images of shape {tuple(x_a.shape[1:])} do not fit the model's {want}")
     schedule = run.schedule
     T = schedule.num_timesteps
-    sampling_steps = options["sampling"].steps if "sampling" in options else None
+    sampling = options.get("sampling", SamplingOptions())
     eps = randn(x_a.shape, torch.Generator().manual_seed(seed), device)
     lam = torch.tensor(list(lambdas), dtype=torch.float32, device=device).reshape(-1, 1, 1, 1)
     rows = []
@@ -97,6 +100,6 @@ def interpolate_images(run: Run, x_a: torch.Tensor, x_b: torch.Tensor, steps: Se
         xa_t, xb_t = q_sample(schedule, x_a, tt, eps), q_sample(schedule, x_b, tt, eps)
         mixed = (1 - lam) * xa_t + lam * xb_t
         gens = seed_generators([seed + 1] * len(lambdas))
-        rows.append(run.sample(len(lambdas), x_T=mixed, timesteps=grid_from(int(t), T, sampling_steps),
+        rows.append(run.sample(len(lambdas), x_T=mixed, timesteps=grid_from(int(t), T, sampling.steps, sampling.default_grid, schedule=schedule),
                                generator=gens, progress=progress, **options))
     return torch.stack(rows)

@@ -27,13 +27,14 @@ class SamplingOptions:
     clip_x0); ``steps`` None means all T training steps."""
 
     sampler: SamplerName = doc("ancestral", "; ".join(f"{k}: {s.description}" for k, s in SAMPLERS.items()))
-    steps: int | None = doc(None, "network calls per image (default: all T); the grid starts at T-1 whatever it is",
-                            positive=True)
-    grid: GridName | None = doc(None, "timestep spacing for --steps (default: trailing for ddim, even otherwise; "
-                                "trailing: T/K apart, from T-1 to T/K-1)")
-    eta: float | None = doc(None, "DDIM only: 0 deterministic (default), 1 = Algorithm 2 with beta-tilde")
-    variance: FixedVariance | None = doc(None, "ancestral only: a fixed sigma_t^2 instead of the run's variance")
-    clip_x0: bool | None = doc(None, "clip the predicted x0 to [-1, 1] (default: the run's setting)")
+    steps: int | None = doc(None, "network calls per image; the grid starts at T-1 whatever it is", positive=True,
+                            none_means="all T")
+    grid: GridName | None = doc(None, "timestep spacing for --steps (trailing: T/K apart, from T-1 to T/K-1)",
+                                none_means="the sampler's: trailing for ddim, even otherwise")
+    eta: float | None = doc(None, "DDIM only: 0 deterministic, 1 = Algorithm 2 with beta-tilde", none_means=0)
+    variance: FixedVariance | None = doc(None, "ancestral only: a fixed sigma_t^2 instead of the run's variance",
+                                         none_means="the run's")
+    clip_x0: bool | None = doc(None, "clip the predicted x0 to [-1, 1]", none_means="the run's setting")
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -67,10 +68,10 @@ class GuidanceOptions:
     classifier guidance of scale ``classifier_scale`` by a noisy ``classifier`` (``ddpm train-classifier
     --noisy``), which also steers an unconditional model (``ddpm.sampling.guidance``)."""
 
-    scale: float | None = doc(None, "classifier-free guidance strength w: eps = (1 + w) eps(x, y) - w eps(x) "
-                              "(default: none)", flag="guidance", metavar="W")
+    scale: float | None = doc(None, "classifier-free guidance strength w: eps = (1 + w) eps(x, y) - w eps(x)",
+                              flag="guidance", metavar="W", none_means="none")
     classifier: Any = doc(None, "a NoisyClassifier", cli=False)
-    classifier_scale: float = doc(0.0, "classifier guidance scale s (with --classifier)", metavar="S")
+    classifier_scale: float = doc(0.0, "classifier guidance scale s (given with --classifier)", metavar="S")
 
     def __post_init__(self):
         if self.scale is not None and self.scale < 0:

@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 
 from ddpm import runtime as rt
 from ddpm.checkpoint import load_ema
-from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, RuntimeConfig
+from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, RuntimeConfig, update
 from ddpm.diffusion.schedule import Schedule, make_schedule
 from ddpm.errors import UserError
-from ddpm.io import resolve_device
+from ddpm.io import resolve_device, same_device
 from ddpm.models.unet import UNet
 from ddpm.pipeline.options import GuidanceOptions, SamplingOptions
 from ddpm.sampling import SAMPLERS, Step
@@ -70,27 +70,37 @@ class Run:
         """(C, H, W) of one image."""
         return (self.config.model.in_channels, *self.config.model.image_size)
 
-    def network(self, runtime: RuntimeConfig | None = None) -> rt.ModelRunner:
-        """The model as ``runtime`` (default: the run's) runs it when sampling (a compiled model is cached,
-        so later batches reuse it). Sampling runs where the model is (``load_run(path, device)`` puts it
-        there; the run's own saved device is not binding), so a ``runtime`` asking for another device is a
-        mistake, not a silent move."""
-        r = runtime or self.config.runtime
-        if runtime is not None and r.device != "auto" and resolve_device(r.device) != self.device:
+    def runtime(self, runtime: RuntimeConfig | dict | None = None) -> RuntimeConfig:
+        """The runtime options of a sampling call: ``runtime`` as given, or the run's own section with the
+        fields of a dict (``{"precision": "fp32"}``) replaced. Sampling runs where the model is
+        (``load_run(path, device)`` puts it there), so the run's saved device is not binding."""
+        if isinstance(runtime, RuntimeConfig):
+            return runtime
+        return update(self.config.runtime, {"device": "auto", **(runtime or {})}, "runtime")
+
+    def network(self, runtime: RuntimeConfig | dict | None = None) -> rt.ModelRunner:
+        """The model as ``runtime`` (see ``Run.runtime``) runs it (a compiled model is cached, so later batches
+        reuse it); a runtime asking for another device than the model's is a mistake, not a silent move."""
+        r = self.runtime(runtime)
+        if r.device != "auto" and not same_device(resolve_device(r.device), self.device):
             raise UserError(f"the model is on {self.device}, the runtime asks for {r.device}; load the run there "
                             f"(load_run(path, {r.device!r}) or --device {r.device})")
         return rt.runner(self.model, rt.resolve(self.device, precision=r.precision, memory_format=r.memory_format,
                                                 compile=r.compile, sampling=True))
 
     def denoiser(self, *, clip_x0: bool | None = None, y: torch.Tensor | None = None,
-                 runtime: RuntimeConfig | None = None) -> Denoiser:
+                 runtime: RuntimeConfig | dict | None = None) -> Denoiser:
         """The unguided denoiser of this run (``clip_x0`` None: the run's setting)."""
         d = self.config.diffusion
         return Denoiser(self.network(runtime), self.schedule, d.prediction, clip_x0=d.clip_x0 if clip_x0 is None
                         else clip_x0, y=y if self.config.model.num_classes else None, variance=d.variance)
 
+    def grid(self, sampling: SamplingOptions = SamplingOptions()) -> list[int]:
+        """The descending timesteps ``sampling`` walks: its steps, spaced by its grid, from T-1."""
+        return timestep_grid(self.schedule.num_timesteps, sampling.steps, sampling.default_grid, schedule=self.schedule)
+
     def steps(self, n: int, *, generator: Generators = None, sampling: SamplingOptions = SamplingOptions(),
-              guidance: GuidanceOptions = GuidanceOptions(), runtime: RuntimeConfig | None = None, y=None,
+              guidance: GuidanceOptions = GuidanceOptions(), runtime: RuntimeConfig | dict | None = None, y=None,
               x_T: torch.Tensor | None = None, timesteps: Sequence[int] | None = None) -> "Steps":
         """Sample ``n`` images step by step: one ``Step`` (t, x_t, predicted x0, x after the step) per network
         call; the last step's ``x_next`` is the sample, (n, C, H, W) in [-1, 1]. Mistakes in the options are
@@ -106,10 +116,7 @@ class Run:
         classifier = guidance.classifier
         check_labels(cfg.model.num_classes, y, guidance=guidance.scale,
                      classifier_classes=None if classifier is None else classifier.config.num_classes)
-        if timesteps is None:
-            timesteps = timestep_grid(self.schedule.num_timesteps, sampling.steps, sampling.default_grid,
-                                      schedule=self.schedule)
-        timesteps = list(timesteps)
+        timesteps = self.grid(sampling) if timesteps is None else list(timesteps)
         kwargs = sampling.sampler_kwargs(cfg.diffusion.variance)
         denoise = guide(self.denoiser(clip_x0=sampling.clip_x0, y=y, runtime=runtime), y=y, guidance=guidance.scale,
                         classifier=None if classifier is None else classifier.to(device),
@@ -134,10 +141,13 @@ class Run:
         ``callback(step)`` sees every ``Step``."""
         steps = self.steps(n, generator=generator, **options)
         x = None
-        for step in tqdm(steps, desc=steps.desc, disable=not progress, leave=False):
-            if callback is not None:
-                callback(step)
-            x = step.x_next
+        try:
+            for step in tqdm(steps, desc=steps.desc, disable=not progress, leave=False):
+                if callback is not None:
+                    callback(step)
+                x = step.x_next
+        finally:
+            steps.close()  # the model's own mode back, also when a callback raises
         return x
 
 

@@ -4,7 +4,7 @@ Each sampler is a generator of steps (``ddpm.sampling.steps``),
 
     X_steps(denoise, x_T, schedule, timesteps, *, generator=None, **options) -> Iterator[Step]
 
-and a function that runs it to the end,
+and a function that runs it to the end (``ddpm.sampling.steps.run``; ``callback(step)`` sees each ``Step``),
 
     sample_X(denoise, x_T, schedule, timesteps=None, *, generator=None, callback=None, progress=True, **options)
 
@@ -16,11 +16,8 @@ pipeline, each CLI sub-command's ``--sampler``): a new entry appears everywhere 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
-import torch
-
-from ddpm.diffusion.schedule import Schedule
 from ddpm.sampling.ancestral import ancestral_steps, sample_ancestral
 from ddpm.sampling.ddim import ddim_invert, ddim_steps, sample_ddim
 from ddpm.sampling.dpm_solver import dpmpp_2m_sde_steps, dpmpp_2m_steps, sample_dpmpp_2m, sample_dpmpp_2m_sde
@@ -37,11 +34,6 @@ class Sampler:
     options: tuple[str, ...]
     description: str
 
-    def __call__(self, denoise, x_T: torch.Tensor, schedule: Schedule, timesteps: Sequence[int] | None = None, *,
-                 callback: Callable | None = None, progress: bool = True, **options) -> torch.Tensor:
-        """The sample after the last step (``ddpm.sampling.steps.run``)."""
-        return run(self.steps, denoise, x_T, schedule, timesteps, callback=callback, progress=progress, **options)
-
 
 # Default grids. DDIM takes the trailing grid: its last call returns x0_hat, which on a grid ending at
 # t = 0 is a call spent where x is already clean. DPM-Solver++ takes uniform t although Lu et al. (2022)
@@ -53,8 +45,6 @@ SAMPLERS: dict[str, Sampler] = {
     "dpm++2m": Sampler(dpmpp_2m_steps, "even", (), "DPM-Solver++(2M) (Lu et al. 2022), an ODE solver"),
     "dpm++2m-sde": Sampler(dpmpp_2m_sde_steps, "even", (), "SDE-DPM-Solver++(2M), its stochastic form"),
 }
-DEFAULT_GRIDS = {name: s.default_grid for name, s in SAMPLERS.items()}
-
-__all__ = ["DEFAULT_GRIDS", "SAMPLERS", "Sampler", "Step", "ancestral_steps", "ddim_invert", "ddim_steps",
+__all__ = ["SAMPLERS", "Sampler", "Step", "run", "ancestral_steps", "ddim_invert", "ddim_steps",
            "dpmpp_2m_sde_steps", "dpmpp_2m_steps", "sample_ancestral", "sample_ddim", "sample_dpmpp_2m",
            "sample_dpmpp_2m_sde"]

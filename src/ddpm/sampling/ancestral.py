@@ -69,7 +69,7 @@ def ancestral_steps(denoise, x_T: torch.Tensor, schedule: Schedule, timesteps: S
 def sample_ancestral(denoise, x_T: torch.Tensor, schedule: Schedule, timesteps: Sequence[int] | None = None, *,
                      variance: str = "beta", generator: Generators = None, callback: Callable | None = None,
                      progress: bool = True) -> torch.Tensor:
-    """Algorithm 2 from x_T (all T steps when ``timesteps`` is None); ``callback(i, t, x_t, prediction)``
-    sees every step. See ``ancestral_steps``."""
+    """Algorithm 2 from x_T (all T steps when ``timesteps`` is None); ``callback(step)`` sees every ``Step``.
+    See ``ancestral_steps``."""
     return run(ancestral_steps, denoise, x_T, schedule, timesteps, callback=callback, progress=progress,
                desc="sampling", variance=variance, generator=generator)

@@ -59,8 +59,8 @@ def ddim_steps(denoise, x_T: torch.Tensor, schedule: Schedule, timesteps: Sequen
 def sample_ddim(denoise, x_T: torch.Tensor, schedule: Schedule, timesteps: Sequence[int] | None = None, *,
                 eta: float = 0.0, generator: Generators = None, callback: Callable | None = None,
                 progress: bool = True) -> torch.Tensor:
-    """DDIM sampling to the end (all T steps when ``timesteps`` is None); ``callback(i, t, x_t, prediction)``
-    sees each network call. See ``ddim_steps``."""
+    """DDIM sampling to the end (all T steps when ``timesteps`` is None); ``callback(step)`` sees each
+    network call's ``Step``. See ``ddim_steps``."""
     return run(ddim_steps, denoise, x_T, schedule, timesteps, callback=callback, progress=progress, desc="ddim",
                eta=eta, generator=generator)
 
@@ -83,7 +83,8 @@ def ddim_invert(
     the *target* step, as in Mokady et al.'s null-text inversion. The exact inverse of a DDIM step would
     need eps at the unknown x_{t_i}; evaluating at t_i keeps one call per grid point and makes the
     round trip invert -> sample err only by how eps changes with x over a step, not with t.
-    ``callback(i, t, x, prediction)`` sees each call.
+    ``callback(step)`` sees each call as a ``Step`` (``x_t`` the x the network saw, ``x_next`` the x
+    after the step, one grid point up).
     """
     ascending = grid_or_full(schedule, timesteps)[::-1]
     abars = schedule.host.alphas_cumprod
@@ -91,11 +92,11 @@ def ddim_invert(
     abar_from = 1.0
     for i, t in enumerate(tqdm(ascending, desc="ddim inversion", disable=not progress, leave=False)):
         pred = denoise(x, t)
-        if callback is not None:
-            callback(i, t, x, pred)
         # eps_hat is consistent with the x0_hat at x's own noise level abar_from, not at t's.
         x0_hat = (x - (1.0 - abar_from) ** 0.5 * pred.eps) / abar_from**0.5
         abar_to = abars[t]
-        x = abar_to**0.5 * x0_hat + (1.0 - abar_to) ** 0.5 * pred.eps
-        abar_from = abar_to
+        x_next = abar_to**0.5 * x0_hat + (1.0 - abar_to) ** 0.5 * pred.eps
+        if callback is not None:
+            callback(Step(i, t, x, pred, x_next))
+        x, abar_from = x_next, abar_to
     return x

@@ -96,8 +96,8 @@ def dpmpp_2m_sde_steps(denoise, x_T: torch.Tensor, schedule: Schedule, timesteps
 def sample_dpmpp_2m(denoise, x_T: torch.Tensor, schedule: Schedule, timesteps: Sequence[int] | None = None, *,
                     sde: bool = False, lower_order_final: bool = True, generator: Generators = None,
                     callback: Callable | None = None, progress: bool = True) -> torch.Tensor:
-    """DPM-Solver++(2M) (``sde=True``: its SDE form) to the end; ``callback(i, t, x_t, prediction)`` sees each
-    of the ``len(timesteps)`` network calls. See ``dpmpp_2m_steps``."""
+    """DPM-Solver++(2M) (``sde=True``: its SDE form) to the end; ``callback(step)`` sees the ``Step`` of each of
+    the ``len(timesteps)`` network calls. See ``dpmpp_2m_steps``."""
     return run(dpmpp_2m_steps, denoise, x_T, schedule, timesteps, callback=callback, progress=progress,
                desc="dpm++2m-sde" if sde else "dpm++2m", sde=sde, lower_order_final=lower_order_final,
                generator=generator)

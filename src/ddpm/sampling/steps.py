@@ -46,13 +46,12 @@ def grid_or_full(schedule: Schedule, timesteps: Sequence[int] | None) -> list[in
 def run(steps: Callable[..., Iterator[Step]], denoise, x_T: torch.Tensor, schedule: Schedule,
         timesteps: Sequence[int] | None = None, *, callback: Callable | None = None, progress: bool = True,
         desc: str = "sampling", **options) -> torch.Tensor:
-    """Run the sampler ``steps`` to the end and return the sample; ``callback(i, t, x_t, prediction)``
-    sees every network call."""
+    """Run the sampler ``steps`` to the end and return the sample; ``callback(step)`` sees every ``Step``."""
     grid = grid_or_full(schedule, timesteps)
     x = x_T
     for step in tqdm(steps(denoise, x_T, schedule, grid, **options), total=len(grid), desc=desc,
                      disable=not progress, leave=False):
         if callback is not None:
-            callback(step.i, step.t, step.x_t, step.pred)
+            callback(step)
         x = step.x_next
     return x

@@ -120,8 +120,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / ckpt.CONFIG, cfg.to_json() + "\n")
     logger = _Logger(run_dir, env.is_main)
-    # Previews run the EMA model with the training runtime's precision and layout, uncompiled.
-    preview_runtime = RuntimeConfig(str(device), options.precision, options.memory_format, "none")
+    # Previews run the EMA model where it is, with the training runtime's precision and layout, uncompiled.
+    preview_runtime = RuntimeConfig("auto", options.precision, options.memory_format, "none")
 
     def save() -> None:
         if env.is_main:

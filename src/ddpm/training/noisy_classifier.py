@@ -1,37 +1,31 @@
-"""Training the noise-aware classifier of classifier guidance (Dhariwal & Nichol 2021, §4) and its files.
+"""Training the noise-aware classifier of classifier guidance (Dhariwal & Nichol 2021, §4).
 
 The classifier learns p(y | x_t, t) on x_t = q_sample(x0, t, eps) with t uniform over the 0-based
 training steps of one schedule (Ho et al. Eq. 4), so its gradient grad_x log p(y | x_t, t) is defined
 wherever a sampler evaluates it. A guided model must use the same schedule and T: both are saved with
 the weights and checked when the classifier is loaded for guidance.
 
-Saved as PATH/classifier.safetensors (weights; architecture, diffusion settings and held-out accuracies
-in its metadata) plus a readable PATH/classifier.json. No pickle. The file names are those of the
-clean-image classifier (``ddpm.models.classifier``); the format tag tells the two apart.
+``ddpm.models.classifier.save_noisy_classifier`` writes it as PATH/classifier.safetensors (weights;
+architecture, diffusion settings and held-out accuracies in its metadata) plus a readable
+PATH/classifier.json, and ``load_noisy_classifier`` reads it back. No pickle.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
-from ddpm.config import DiffusionConfig, ModelConfig, ScheduleName, _build, doc, update
+from ddpm.config import ModelConfig, ScheduleName, doc, update
 from ddpm.data.datasets import ImageDataset
 from ddpm.diffusion.process import q_sample
 from ddpm.diffusion.schedule import make_schedule
 from ddpm.errors import UserError
-from ddpm.io import atomic_write, read_safetensors, write_text_atomic
-from ddpm.models.classifier import CLEAN_FORMAT, INFO, NOISY_FORMAT, WEIGHTS, NoisyClassifier
+from ddpm.models.classifier import NoisyClassifier
 from ddpm.presets import make_config, preset_for_data
 from ddpm.training.fit import fit, split_indices
-
-FORMAT = NOISY_FORMAT
 
 
 @dataclass
@@ -127,46 +121,3 @@ def train_noisy_classifier(data: ImageDataset, cfg: NoisyClassifierTrainConfig |
         "train": asdict(cfg),
     }
     return model, info
-
-
-def save_noisy_classifier(model: NoisyClassifier, path: str | Path, diffusion: dict[str, Any],
-                          info: dict[str, Any] | None = None) -> Path:
-    """Write PATH/classifier.safetensors (+ PATH/classifier.json); ``diffusion`` = {"schedule", "timesteps"}."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    config = asdict(model.config)
-    meta = {"format": FORMAT, "config": json.dumps(config), "diffusion": json.dumps(diffusion),
-            "info": json.dumps(info or {})}
-    atomic_write(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    readable = {"format": FORMAT, "config": config, "diffusion": diffusion, **(info or {})}
-    write_text_atomic(folder / INFO, json.dumps(readable, indent=2) + "\n")
-    return folder
-
-
-def load_noisy_classifier(path: str | Path, device: str | torch.device = "cpu", *,
-                          diffusion: DiffusionConfig | None = None) -> tuple[NoisyClassifier, dict[str, Any]]:
-    """(model in eval mode, info with "schedule" and "timesteps") from ``save_noisy_classifier``'s folder or file.
-
-    With ``diffusion``, a classifier trained on another schedule or T is a ``UserError``: its t would
-    mean a different noise level than the sampler's.
-    """
-    p = Path(path)
-    if p.is_dir():
-        p = p / WEIGHTS
-    if not p.is_file():
-        raise UserError(f"classifier not found: {path} (train one with: ddpm train-classifier --noisy --out PATH)")
-    tensors, meta = read_safetensors(p, "classifier")
-    if meta.get("format") == CLEAN_FORMAT:
-        raise UserError(f"{p} is a clean-image classifier; guidance needs one trained on noisy images "
-                        "(ddpm train-classifier --noisy)")
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{p} is not a ddpm noisy classifier (format {meta.get('format')!r})")
-    model = NoisyClassifier(_build(ModelConfig, json.loads(meta["config"]), "classifier config"))
-    model.load_state_dict(tensors)
-    info = {**json.loads(meta.get("info", "{}")), **json.loads(meta["diffusion"])}
-    if diffusion is not None and (info["schedule"], info["timesteps"]) != (diffusion.schedule, diffusion.timesteps):
-        raise UserError(f"the classifier {path} was trained for a {info['schedule']} schedule with T = "
-                        f"{info['timesteps']}, the model uses {diffusion.schedule} with T = {diffusion.timesteps}; "
-                        "train one with matching --schedule/--timesteps")
-    return model.to(device).eval(), info
