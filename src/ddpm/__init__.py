@@ -20,6 +20,7 @@ the package from the bottom and never meet a name from a floor above.
     checkpoint      the run folder: config, checkpoint and EMA files
     presets         named configs
     models          the U-Net, its layers, the classifiers (the network knows no diffusion math)
+    convert         checkpoints in and out of diffusers' format (Ho et al.'s released models)
     data            data sets as tensors in [-1, 1]
     sampling        denoiser, grids, samplers as step generators, guidance wrappers
     viz             grids, trajectories, GIFs, plots
@@ -41,8 +42,8 @@ from ddpm.sampling.denoiser import Denoiser, Prediction
 from ddpm.training.loop import train
 from ddpm.training.step import TrainState, train_step
 
-LAYERS = ("errors", "io", "diffusion", "runtime", "config", "checkpoint", "presets", "models", "data", "sampling",
-          "viz", "pipeline", "training", "evaluation", "cli")
+LAYERS = ("errors", "io", "diffusion", "runtime", "config", "checkpoint", "presets", "models", "convert", "data",
+          "sampling", "viz", "pipeline", "training", "evaluation", "cli")
 
 __all__ = [
     "SAMPLERS", "Denoiser", "DiffusionConfig", "GuidanceOptions", "ModelConfig", "Prediction", "Run", "RunConfig",

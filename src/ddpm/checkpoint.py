@@ -65,9 +65,17 @@ def save_checkpoint(run_dir: Path, cfg: RunConfig, step: int, model, ema, optimi
                **{f"extra.{k}": v.detach().contiguous().cpu() for k, v in (extra or {}).items()}}
     meta = {"format": FORMAT, "step": str(step), "config": cfg.to_json(), "optimizer": json.dumps(opt_meta)}
     atomic_write(run_dir / CHECKPOINT, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    ema_tensors = {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")}
-    ema_meta = {"format": FORMAT, "step": str(step), "config": cfg.to_json()}
-    atomic_write(run_dir / EMA, lambda tmp: save_file(ema_tensors, tmp, metadata=ema_meta))
+    save_ema(run_dir, cfg, step, {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")})
+
+
+def save_ema(run_dir: Path, cfg: RunConfig, step: int, state: dict[str, torch.Tensor]) -> None:
+    """The sampling half of a run folder: ema.safetensors (weights, config in its metadata) and config.json.
+
+    Enough for every command that samples; a converted checkpoint is only this (no optimizer to resume)."""
+    run_dir = Path(run_dir)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    meta = {"format": FORMAT, "step": str(step), "config": cfg.to_json()}
+    atomic_write(run_dir / EMA, lambda tmp: save_file(tensors, tmp, metadata=meta))
     write_text_atomic(run_dir / CONFIG, cfg.to_json() + "\n")
 
 

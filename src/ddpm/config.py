@@ -37,6 +37,9 @@ PrecisionName = Literal[PRECISIONS]
 MemoryFormatName = Literal[MEMORY_FORMATS]
 CompileModeName = Literal[COMPILE_MODES]
 AdamWImplName = Literal[ADAMW_IMPLS]
+# An option of the network itself (ddpm.models.layers reads the names from here).
+DOWNSAMPLE_PADDINGS = ("symmetric", "bottom_right")
+DownsamplePadding = Literal[DOWNSAMPLE_PADDINGS]
 
 
 def doc(default, help: str, **cli):
@@ -62,6 +65,9 @@ class ModelConfig:
     resblock_conditioning: Literal["scale_shift", "additive"] = doc(
         "scale_shift", "time conditioning: scale_shift (AdaGN) or additive (Ho et al.)")
     norm_groups: int = doc(32, "GroupNorm groups")
+    downsample_padding: DownsamplePadding = doc(
+        "symmetric", "stride-2 convolutions pad every side (symmetric) or bottom and right only (bottom_right: "
+        "TensorFlow's SAME, as Ho et al.'s released checkpoints)")
     num_classes: int | None = doc(None, "class-conditional when set; index num_classes means 'no label'", cli=False)
 
 

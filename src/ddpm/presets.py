@@ -32,13 +32,30 @@ PRESETS: dict[str, dict] = {
                    warmup_steps=5000, lr_decay="constant"),
     ),
     # Ho et al. (2020) CIFAR-10 exactly: 128 channels, (1,2,2,2), 2 blocks, attention at 16x16,
-    # dropout 0.1, additive time conditioning, one head: 35,746,307 parameters.
+    # dropout 0.1, additive time conditioning, one head, TensorFlow's 'SAME' padding in the stride-2
+    # convolutions: 35,746,307 parameters, computing the function of their released checkpoint
+    # (google/ddpm-cifar10-32; ``ddpm convert --from-diffusers``). Trained with batch 128, Adam at 2e-4
+    # after 5,000 warm-up steps, gradient clipping at 1, EMA 0.9999, 800k steps, random flips; sampled
+    # with sigma^2 = beta (their "fixedlarge").
     "ddpm-cifar10": dict(
         model=dict(image_size=(32, 32), in_channels=3, base_channels=128, channel_mult=(1, 2, 2, 2),
                    num_res_blocks=2, attention_resolutions=(16,), num_heads=1, dropout=0.1,
-                   resblock_conditioning="additive"),
+                   resblock_conditioning="additive", downsample_padding="bottom_right"),
+        diffusion=dict(variance="beta"),
         train=dict(data="cifar10", steps=800_000, batch_size=128, lr=2e-4, ema_decay=0.9999,
                    warmup_steps=5000, lr_decay="constant", grad_clip=1.0),
+    ),
+    # Ho et al. (2020) CelebA-HQ and LSUN (church, bedroom, cat) at 256 px: 128 channels, (1,1,2,2,4,4),
+    # 2 blocks, attention at 16x16, dropout 0, one head, 'SAME' padding (google/ddpm-celebahq-256,
+    # ddpm-church-256, ddpm-bedroom-256, ddpm-cat-256). Batch 64, lr 2e-5, sigma^2 = beta-tilde
+    # ("fixedsmall"); on one GPU it needs bf16 (or a smaller batch).
+    "ddpm-256": dict(
+        model=dict(image_size=(256, 256), in_channels=3, base_channels=128, channel_mult=(1, 1, 2, 2, 4, 4),
+                   num_res_blocks=2, attention_resolutions=(16,), num_heads=1, dropout=0.0,
+                   resblock_conditioning="additive", downsample_padding="bottom_right"),
+        diffusion=dict(variance="beta_tilde"),
+        train=dict(steps=500_000, batch_size=64, lr=2e-5, ema_decay=0.9999, warmup_steps=5000,
+                   lr_decay="constant", grad_clip=1.0),
     ),
     # 64x64 and up (image folders, CelebA-like sets).
     "64": dict(

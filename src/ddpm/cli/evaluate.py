@@ -102,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
     run_ = load_run(args.checkpoint, device) if args.checkpoint else None
     data_name = args.reference or (run_.config.train.data if run_ else "digits")
+    if not data_name:
+        raise UserError(f"the run {args.checkpoint} names no training data (a converted checkpoint?); "
+                        "pass --reference DATA")
     data_dir = args.data_dir or (run_.config.train.data_dir if run_ and not args.reference else None)
     reference = load_dataset(data_name, data_dir)
     n = args.n or (DEFAULT_N if run_ else None)

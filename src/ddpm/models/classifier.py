@@ -112,7 +112,7 @@ class NoisyClassifier(nn.Module):
                     layers.append(Attention(cur, cfg.num_heads, groups))
                 self.down.append(nn.ModuleList(layers))
             if level != len(cfg.channel_mult) - 1:
-                self.down.append(nn.ModuleList([Downsample(cur)]))
+                self.down.append(nn.ModuleList([Downsample(cur, cfg.downsample_padding)]))
                 res //= 2
         self.mid = nn.ModuleList(
             [ResBlock(cur, cur, emb_dim, drop, groups, cond), Attention(cur, cfg.num_heads, groups),

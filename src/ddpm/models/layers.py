@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpm.config import DOWNSAMPLE_PADDINGS
+
 NORM_EPS = 1e-6  # as Ho et al.'s TensorFlow group_norm, so published weights behave identically
 
 
@@ -110,14 +112,23 @@ class Attention(nn.Module):
 
 
 class Downsample(nn.Module):
-    """A stride-2 3x3 convolution (Ho et al.'s resamp_with_conv)."""
+    """A stride-2 3x3 convolution (Ho et al.'s resamp_with_conv).
 
-    def __init__(self, channels: int):
+    ``padding="symmetric"`` pads one pixel on every side; ``"bottom_right"`` pads only the bottom and
+    right, which is what TensorFlow's 'SAME' does for a stride-2 3x3 convolution of an even size, so Ho
+    et al.'s released weights (and diffusers' ``downsample_padding=0``) compute their published function.
+    The two see the input shifted by one pixel: the same weights give different outputs.
+    """
+
+    def __init__(self, channels: int, padding: str = "symmetric"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        if padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"unknown downsample padding {padding!r}")
+        self.pad = (0, 1, 0, 1) if padding == "bottom_right" else None
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.pad else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(x if self.pad is None else F.pad(x, self.pad))
 
 
 class Upsample(nn.Module):

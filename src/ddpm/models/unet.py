@@ -69,7 +69,7 @@ class UNet(nn.Module):
                 cur = ch * mult
                 skip_channels.append(cur)
             if level != len(cfg.channel_mult) - 1:
-                self.down.append(nn.ModuleList([Downsample(cur)]))
+                self.down.append(nn.ModuleList([Downsample(cur, cfg.downsample_padding)]))
                 skip_channels.append(cur)
                 res //= 2
 
