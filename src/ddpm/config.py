@@ -113,6 +113,8 @@ class TrainConfig:
     # (Ho & Salimans 2022, Algorithm 1: p_uncond = 0.1 or 0.2).
     p_uncond: float = doc(0.1, "share of labels replaced by 'no label' (conditional models)")
     adamw_impl: AdamWImplName = doc("auto", "AdamW implementation (auto: fused where PyTorch has the kernel)")
+    activation_checkpointing: bool = doc(False, "recompute each block's activations in the backward pass: less "
+                                         "memory (256 px on one GPU), about a third more compute")
 
 
 @dataclass(slots=True)

@@ -7,13 +7,16 @@ measured fastest on that kind of device without changing what the model learns. 
 each choice, with the commands that measure them, are in ``benchmarks/README.md``
 (``benchmarks/speed.py`` times the options, ``benchmarks/speed_quality.py`` checks quality).
 
-``precision``: ``"fp32"`` | ``"bf16"``
+``precision``: ``"fp32"`` | ``"bf16"`` | ``"fp16"``
     bf16 runs the network under ``torch.autocast``: convolutions, matmuls and attention compute in
     bfloat16 while the master weights, gradients and optimizer state stay float32 (mixed precision,
     Micikevicius et al. 2018; bfloat16 keeps float32's exponent range, so no loss scaling is needed).
     The network's output is cast back to float32, so losses and every sampler's arithmetic are float32.
     auto: bf16 where the hardware computes it natively (CPU with AVX512-BF16 or AMX, CUDA with compute
     capability >= 8.0), else fp32: emulated bf16 is slower than fp32.
+    fp16 (asked for by name: GPUs with fast float16 but no bf16, such as V100 and T4) autocasts to float16,
+    whose narrow exponent range underflows small gradients, so training scales the loss
+    (``torch.amp.GradScaler``, ``grad_scaler``) and skips the steps whose gradients overflow.
 ``memory_format``: ``"contiguous"`` | ``"channels_last"``
     auto: contiguous. On CPUs PyTorch's channels_last GroupNorm kernels are much slower than the
     contiguous ones, more than the convolutions gain by skipping oneDNN's layout reorders
@@ -40,7 +43,7 @@ from torch import nn
 from ddpm.errors import UserError
 
 # The options' names ("auto" is resolved per device by the resolve_* functions below).
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
 ADAMW_IMPLS = ("auto", "fused", "foreach", "for-loop")
@@ -120,6 +123,11 @@ def resolve(device, *, precision: str = "auto", memory_format: str = "auto", com
                     resolve_compile(compile, device, sampling=sampling))
 
 
+def grad_scaler(precision: str, device) -> torch.amp.GradScaler | None:
+    """The loss scaler fp16 training needs (None for the other precisions, which need none)."""
+    return torch.amp.GradScaler(torch.device(device).type) if precision == "fp16" else None
+
+
 def make_adamw(params, *, lr: float, weight_decay: float, impl: str, device) -> torch.optim.AdamW:
     """AdamW with the named implementation; all three compute the same update (Loshchilov & Hutter 2019)."""
     impl = resolve_adamw_impl(impl, device)
@@ -182,7 +190,7 @@ class ModelRunner:
         if "auto" in (precision, memory_format, compile):
             raise ValueError("resolve 'auto' options first (resolve_precision, ...)")
         self.model = model
-        self.dtype = torch.bfloat16 if precision == "bf16" else None
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.channels_last = memory_format == "channels_last"
         self.cuda_graphs = compile == "reduce-overhead"
         self.fn = compiled(model, compile)

@@ -7,6 +7,7 @@ output of ``out_channels``; what that output means (eps, x0, v, a variance) is t
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ddpm.config import ModelConfig
@@ -90,6 +91,9 @@ class UNet(nn.Module):
 
         self.norm_out = group_norm(cur, groups)
         self.conv_out = nn.Conv2d(cur, cfg.out_channels, 3, padding=1)
+        # Activation checkpointing: keep only each block's input and recompute the block in the backward
+        # pass (the RNG state is replayed, so dropout draws the same mask). Set by the training loop.
+        self.checkpointing = False
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
@@ -97,14 +101,15 @@ class UNet(nn.Module):
             if y is None:
                 y = torch.full((x.shape[0],), self.config.num_classes, device=x.device, dtype=torch.long)
             emb = emb + self.label_emb(y)
+        run = _run_checkpointed if self.checkpointing and torch.is_grad_enabled() else _run
         h = self.conv_in(x)
         skips = [h]
         for layers in self.down:
-            h = _run(layers, h, emb)
+            h = run(layers, h, emb)
             skips.append(h)
-        h = _run(self.mid, h, emb)
+        h = run(self.mid, h, emb)
         for layers in self.up:
-            h = _run(layers, torch.cat([h, skips.pop()], dim=1), emb)
+            h = run(layers, torch.cat([h, skips.pop()], dim=1), emb)
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
 
 
@@ -112,6 +117,10 @@ def _run(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Ten
     for layer in layers:
         h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
     return h
+
+
+def _run_checkpointed(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    return torch.utils.checkpoint.checkpoint(_run, layers, h, emb, use_reentrant=False)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -126,7 +126,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
     def save() -> None:
         if env.is_main:
             ckpt.save_checkpoint(run_dir, cfg, state.step, state.model, state.ema, state.optimizer,
-                                 _rng_state(state.generator), extra=state.objective.state_dict())
+                                 _rng_state(state.generator), extra=_extra_state(state))
             save_loss_plot(run_dir / "log.jsonl", run_dir / "loss.png")
 
     def preview() -> None:
@@ -180,6 +180,7 @@ def _train_state(cfg: RunConfig, options: rt.Resolved, env: dist.DistEnv, saved:
     optimizer = rt.make_adamw(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, impl=tc.adamw_impl,
                               device=device)
     gen = torch.Generator(device).manual_seed(tc.seed * 1000 + env.rank)
+    scaler = rt.grad_scaler(options.precision, device)
     step = 0
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -188,12 +189,31 @@ def _train_state(cfg: RunConfig, options: rt.Resolved, env: dist.DistEnv, saved:
         rt.match_state_layouts(optimizer)
         _set_rng_state(gen, saved["rng"])
         objective.load_state_dict(saved.get("extra", {}))
+        _load_scaler(scaler, saved.get("extra", {}))
         step = saved["step"]
     # Autocast, memory format and compilation wrap the (DDP) module; the weights stay the model's.
     network = rt.ModelRunner(dist.wrap(model, env, device), precision=options.precision,
                              memory_format=options.memory_format, compile=options.compile)
-    return TrainState(network, model, ema, optimizer, objective, gen, tc, null_label=cfg.model.num_classes,
+    model.checkpointing = tc.activation_checkpointing
+    return TrainState(network, model, ema, optimizer, objective, gen, tc, null_label=cfg.model.num_classes, scaler=scaler,
                       step=step)
+
+
+def _extra_state(state: TrainState) -> dict[str, torch.Tensor]:
+    """Training state beyond weights, optimizer and RNG that a resume needs: the timestep sampler's history
+    and fp16's loss scale."""
+    extra = state.objective.state_dict()
+    if state.scaler is not None:
+        s = state.scaler.state_dict()
+        extra["grad_scaler.scale"] = torch.tensor(float(s["scale"]))
+        extra["grad_scaler.growth_tracker"] = torch.tensor(int(s["_growth_tracker"]))
+    return extra
+
+
+def _load_scaler(scaler: torch.amp.GradScaler | None, extra: dict[str, torch.Tensor]) -> None:
+    if scaler is not None and "grad_scaler.scale" in extra:
+        scaler.load_state_dict({**scaler.state_dict(), "scale": extra["grad_scaler.scale"].item(),
+                                "_growth_tracker": int(extra["grad_scaler.growth_tracker"].item())})
 
 
 def _loop(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None, logger: "_Logger", save, preview, *,

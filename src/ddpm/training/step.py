@@ -40,15 +40,25 @@ def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: to
 
 
 def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_clip: float = 0.0,
-                   ema: nn.Module | None = None, ema_decay: float = 0.0) -> None:
-    """Backpropagate ``loss``, clip the gradient norm to ``grad_clip`` (0: off), step, then update ``ema``."""
+                   ema: nn.Module | None = None, ema_decay: float = 0.0,
+                   scaler: torch.amp.GradScaler | None = None) -> None:
+    """Backpropagate ``loss``, clip the gradient norm to ``grad_clip`` (0: off), step, then update ``ema``.
+
+    With a ``scaler`` (fp16) the loss is scaled before backward and the gradients unscaled before the
+    clip, and a step whose gradients overflowed is skipped (the scale then shrinks)."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if grad_clip > 0:
         # One foreach kernel for the norm and one for the scaling; no CPU-GPU sync.
         device = next(model.parameters()).device
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=device.type in ("cpu", "cuda"))
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     if ema is not None:
         update_ema(ema, model, ema_decay)
 
@@ -67,6 +77,7 @@ class TrainState:
     config: TrainConfig
     null_label: int | None = None  # a conditional model's "no label" index
     step: int = 0
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler (``ddpm.runtime.grad_scaler``)
 
 
 def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,6 +91,6 @@ def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = Non
         group["lr"] = lr_at(state.step, tc)
     loss = state.objective.loss(state.network, x0, t, noise, weights, y=y)
     optimizer_step(loss, state.model, state.optimizer, grad_clip=tc.grad_clip, ema=state.ema,
-                   ema_decay=ema_decay_at(state.step, tc.ema_decay))
+                   ema_decay=ema_decay_at(state.step, tc.ema_decay), scaler=state.scaler)
     state.step += 1
     return loss.detach()
