@@ -76,6 +76,9 @@ PEERS = {
               "lucidrains": dict(dim=24, dim_mults=(1, 2, 2))},  # 0.94x (dim 32: 1.51x)
     "cifar10": {"diffusers": dict(block_out_channels=(64, 128, 128, 128), attention_level=1),
                 "lucidrains": dict(dim=72, dim_mults=(1, 2, 2, 2))},
+    # Ho et al.'s CIFAR-10 network: diffusers' UNet2DModel of google/ddpm-cifar10-32, the same network.
+    "ddpm-cifar10": {"diffusers": dict(block_out_channels=(128, 256, 256, 256), attention_level=1),
+                     "lucidrains": dict(dim=128, dim_mults=(1, 2, 2, 2))},
 }
 OPTION_VALUES = {"precision": PRECISIONS, "memory_format": MEMORY_FORMATS, "compile": COMPILE_MODES,
                  "adamw_impl": ADAMW_IMPLS}
@@ -175,8 +178,9 @@ def train_step_fn(cfg, module: nn.Module, net: Callable, optimizer, batch: int, 
     images it processed."""
     schedule = build_schedule(cfg.diffusion).to(device)
     gen = torch.Generator(device).manual_seed(0)
+    fp16 = getattr(net, "dtype", None) == torch.float16  # fp16 trains with its loss scaler, as the loop does
     state = TrainState(net, module, make_ema(module), optimizer, Objective(cfg.diffusion, schedule, device), gen,
-                       cfg.train)
+                       cfg.train, scaler=rt.grad_scaler("fp16" if fp16 else "fp32", device))
     data = torch.rand(4 * batch, cfg.model.in_channels, *cfg.model.image_size, device=device, generator=gen) * 2 - 1
     module.train()
 

@@ -19,6 +19,7 @@ import torch
 from ddpm.checkpoint import save_ema
 from ddpm.cli import main
 from ddpm.convert import OLD_ATTENTION_NAMES, model_config_from_diffusers
+from ddpm.errors import UserError
 from ddpm.models.unet import UNet
 from ddpm.pipeline import load_run
 from ddpm.presets import make_config
@@ -167,3 +168,47 @@ def test_weights_that_would_run_code_are_refused(tmp_path, capsys):
 class Exploit:
     def __reduce__(self):
         return (open, ("pwned", "w"))
+
+
+def test_missing_config_keys_mean_what_they_mean_in_diffusers():
+    """A key a config leaves out takes diffusers' default (UNet2DModel's signature), not Ho et al.'s value."""
+    import inspect
+
+    from ddpm.convert import UNET_DEFAULTS
+
+    signature = inspect.signature(diffusers.UNet2DModel.__init__).parameters
+    for key, value in UNET_DEFAULTS.items():
+        default = signature[key].default
+        assert (tuple(default) if isinstance(default, (list, tuple)) else default) == value, key
+    assert model_config_from_diffusers({**COMMON, **CIFAR10}).num_heads == 1
+    without = {k: v for k, v in {**COMMON, **CIFAR10}.items() if k != "flip_sin_to_cos"}
+    with pytest.raises(UserError, match="flip_sin_to_cos=True"):  # diffusers' default: a different embedding
+        model_config_from_diffusers(without)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"variance_type": "learned"}, "variance_type='learned' has no equivalent"),
+    ({"_class_name": "ScoreSdeVeScheduler"}, "not DDPM's"),
+    ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+])
+def test_schedulers_that_do_not_map_are_one_line_errors(tmp_path, capsys, change, message):
+    torch.manual_seed(0)
+    diffusers.UNet2DModel(**reduced({**COMMON, **CIFAR10}, 8)).save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "scheduler_config.json").write_text(json.dumps({**SCHEDULER, **change}))
+    assert cli("convert", "--from-diffusers", tmp_path / "hf", "--out", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_conditional_run_round_trips_with_its_no_label_row(tmp_path):
+    cfg = tiny_config()
+    cfg.model.num_classes = 10
+    torch.manual_seed(0)
+    model = UNet(cfg.model)
+    save_ema(tmp_path / "run", cfg, 0, model.state_dict())
+    assert cli("convert", "--to-diffusers", tmp_path / "run", "--out", tmp_path / "hf") == 0
+    assert cli("convert", "--from-diffusers", tmp_path / "hf", "--out", tmp_path / "back") == 0
+    back = load_run(tmp_path / "back")
+    assert back.config.model.num_classes == 10
+    assert all(torch.equal(back.model.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert cli("convert", "--from-diffusers", tmp_path / "hf", "--out", tmp_path / "back") == 2  # not over a run

@@ -122,8 +122,9 @@ class RuntimeConfig:
     """How the network runs (``ddpm.runtime``): saved with the run, overridable when sampling."""
 
     device: str = doc("auto", "auto | cpu | cuda | cuda:N")
-    precision: PrecisionName = doc("auto", "network arithmetic: bf16 autocast with fp32 weights, or fp32 (auto: bf16 "
-                               "where the device has native bf16)")
+    precision: PrecisionName = doc("auto", "network arithmetic: bf16 autocast with fp32 weights, fp16 autocast with "
+                               "a loss scaler (GPUs without bf16), or fp32 (auto: bf16 where the device has "
+                               "native bf16, else fp32)")
     memory_format: MemoryFormatName = doc("auto", "tensor layout (auto: contiguous)")
     compile: CompileModeName = doc("auto", "torch.compile mode (auto: none on CPU; on CUDA default for training, "
                                "reduce-overhead (CUDA graphs) for sampling)")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ddpm.checkpoint import load_ema, save_ema
+from ddpm.checkpoint import CHECKPOINT, EMA, load_ema, save_ema
 from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, derive
 from ddpm.diffusion.schedule import cosine_betas, linear_betas
 from ddpm.errors import UserError
@@ -37,14 +37,30 @@ from ddpm.models.unet import UNet, check_model_config
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 # diffusers' attention tensors before its 0.15 rename (the google/ddpm-* files carry these).
 OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+# diffusers' "learned" output is the variance itself, ours the log-variance: only learned_range maps.
 VARIANCE_TYPES = {"fixed_small": "beta_tilde", "fixed_small_log": "beta_tilde", "fixed_large": "beta",
-                  "fixed_large_log": "beta", "learned": "learned", "learned_range": "learned_range"}
+                  "fixed_large_log": "beta", "learned_range": "learned_range"}
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 # UNet2DModel settings with one value ours can express, and that value.
 FIXED_UNET = {"center_input_sample": False, "time_embedding_type": "positional", "flip_sin_to_cos": False,
               "freq_shift": 1, "act_fn": "silu", "mid_block_scale_factor": 1, "norm_eps": NORM_EPS,
               "mid_block_type": "UNetMidBlock2D", "downsample_type": "conv", "upsample_type": "conv",
               "add_attention": True, "class_embed_type": None, "time_embedding_dim": None}
+# What diffusers' UNet2DModel.__init__ uses for a key a config leaves out (tests/test_convert.py checks these
+# against the installed diffusers), so a config means here what it means there.
+UNET_DEFAULTS = {"sample_size": None, "in_channels": 3, "out_channels": 3, "center_input_sample": False,
+                 "time_embedding_type": "positional", "time_embedding_dim": None, "freq_shift": 0,
+                 "flip_sin_to_cos": True, "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D",
+                                                               "AttnDownBlock2D"),
+                 "mid_block_type": "UNetMidBlock2D", "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D",
+                                                                        "AttnUpBlock2D", "UpBlock2D"),
+                 "block_out_channels": (224, 448, 672, 896), "layers_per_block": 2, "mid_block_scale_factor": 1,
+                 "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv", "dropout": 0.0,
+                 "act_fn": "silu", "attention_head_dim": 8, "norm_num_groups": 32, "attn_norm_num_groups": None,
+                 "norm_eps": 1e-5, "resnet_time_scale_shift": "default", "add_attention": True,
+                 "class_embed_type": None, "num_class_embeds": None}
+# Our class-conditional models have one more class embedding, the "no label" one; an export says so.
+NULL_LABEL_KEY = "_ddpm_last_class_is_no_label"
 
 
 # --- configs ----------------------------------------------------------------------------------------
@@ -52,8 +68,18 @@ FIXED_UNET = {"center_input_sample": False, "time_embedding_type": "positional",
 
 def model_config_from_diffusers(d: dict[str, Any]) -> ModelConfig:
     """Our ModelConfig for a ``UNet2DModel`` config; a setting ours cannot express is a UserError naming it."""
+    d = {**UNET_DEFAULTS, **{k: v for k, v in d.items() if k in UNET_DEFAULTS or k == NULL_LABEL_KEY}}
+    try:
+        return _model_config(d)
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise UserError(f"cannot read the UNet2DModel config: {e}") from None
+
+
+def _model_config(d: dict[str, Any]) -> ModelConfig:
+    if d["act_fn"] == "swish":  # diffusers' other name for SiLU
+        d["act_fn"] = "silu"
     for key, want in FIXED_UNET.items():
-        have = d.get(key, want)
+        have = d[key]
         if have != want and not (isinstance(want, float) and isinstance(have, float) and abs(have - want) < 1e-12):
             raise UserError(f"UNet2DModel setting {key}={have!r} has no equivalent here (only {want!r})")
     chans = list(d["block_out_channels"])
@@ -61,48 +87,63 @@ def model_config_from_diffusers(d: dict[str, Any]) -> ModelConfig:
     if any(c % base for c in chans):
         raise UserError(f"UNet2DModel setting block_out_channels={chans}: each must be a multiple of the first")
     down, up = list(d["down_block_types"]), list(d["up_block_types"])
-    for kind in down + up:
-        if kind not in ("DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"):
-            raise UserError(f"UNet2DModel block type {kind!r} has no equivalent here")
+    for field, kinds in (("down_block_types", down), ("up_block_types", up)):
+        for kind in kinds:
+            if kind not in ("DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"):
+                raise UserError(f"UNet2DModel setting {field}: block type {kind!r} has no equivalent here")
     if [k.startswith("Attn") for k in up] != [k.startswith("Attn") for k in reversed(down)]:
         raise UserError(f"UNet2DModel setting up_block_types={up} does not mirror down_block_types={down}")
     size = d["sample_size"]
+    if not (isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 2)):
+        raise UserError(f"UNet2DModel setting sample_size={size!r}: give the image size (an int or height, width)")
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     attn_levels = [i for i, k in enumerate(down) if k.startswith("Attn")]
-    head_dim = d.get("attention_head_dim")
-    heads = {1} if head_dim is None else {chans[i] // head_dim for i in [*attn_levels, len(chans) - 1]}
+    head_dim = d["attention_head_dim"]
+    attending = [chans[i] for i in attn_levels] + [chans[-1]]  # the middle block attends too
+    if head_dim is not None and any(c % head_dim for c in attending):
+        raise UserError(f"UNet2DModel setting attention_head_dim={head_dim} does not divide the attention "
+                        f"levels' channels {attending}")
+    heads = {1} if head_dim is None else {c // head_dim for c in attending}
     if len(heads) != 1:
         raise UserError(f"UNet2DModel setting attention_head_dim={head_dim} gives levels different head counts "
                         f"({sorted(heads)}); ours has one num_heads")
-    conditioning = {"default": "additive", "scale_shift": "scale_shift"}.get(d.get("resnet_time_scale_shift", "default"))
+    conditioning = {"default": "additive", "scale_shift": "scale_shift"}.get(d["resnet_time_scale_shift"])
     if conditioning is None:
         raise UserError(f"UNet2DModel setting resnet_time_scale_shift={d['resnet_time_scale_shift']!r} has no "
                         "equivalent here (only default or scale_shift)")
     # diffusers' middle attention has a GroupNorm only with default conditioning or attn_norm_num_groups set.
-    attn_groups = d.get("attn_norm_num_groups")
-    if attn_groups not in (None, d.get("norm_num_groups", 32)) or (attn_groups is None and conditioning != "additive"):
+    attn_groups = d["attn_norm_num_groups"]
+    if attn_groups not in (None, d["norm_num_groups"]) or (attn_groups is None and conditioning != "additive"):
         raise UserError(f"UNet2DModel setting attn_norm_num_groups={attn_groups!r} has no equivalent here (ours "
                         "normalises the middle attention with norm_num_groups)")
-    padding = {0: "bottom_right", 1: "symmetric"}.get(d.get("downsample_padding", 1))
+    padding = {0: "bottom_right", 1: "symmetric"}.get(d["downsample_padding"])
     if padding is None:
         raise UserError(f"UNet2DModel setting downsample_padding={d['downsample_padding']} has no equivalent here")
-    classes = d.get("num_class_embeds")
-    cfg = ModelConfig(image_size=(h, w), in_channels=d.get("in_channels", 3), out_channels=d.get("out_channels", 3),
+    classes = d["num_class_embeds"]
+    if classes is not None and not (d.get(NULL_LABEL_KEY) and classes >= 3):
+        raise UserError(f"UNet2DModel setting num_class_embeds={classes}: ours needs a 'no label' embedding beside "
+                        "the classes (for classifier-free guidance), which this model was not trained with")
+    cfg = ModelConfig(image_size=(h, w), in_channels=d["in_channels"], out_channels=d["out_channels"],
                       base_channels=base, channel_mult=tuple(c // base for c in chans),
-                      num_res_blocks=d.get("layers_per_block", 2),
+                      num_res_blocks=d["layers_per_block"],
                       attention_resolutions=tuple(h // 2**i for i in attn_levels), num_heads=heads.pop(),
-                      dropout=d.get("dropout", 0.0), resblock_conditioning=conditioning,
-                      norm_groups=d.get("norm_num_groups", 32), downsample_padding=padding,
-                      num_classes=classes - 1 if classes else None)
+                      dropout=d["dropout"], resblock_conditioning=conditioning, norm_groups=d["norm_num_groups"],
+                      downsample_padding=padding, num_classes=classes - 1 if classes else None)
     check_model_config(cfg)
     return cfg
 
 
 def model_config_to_diffusers(cfg: ModelConfig) -> dict[str, Any]:
-    """The ``UNet2DModel`` config of our ModelConfig (always expressible: ours is a subset)."""
+    """The ``UNet2DModel`` config of our ModelConfig; what diffusers cannot build is a UserError naming it."""
     h = cfg.image_size[0]
     attn = [h // 2**i in cfg.attention_resolutions for i in range(len(cfg.channel_mult))]
     chans = [cfg.base_channels * m for m in cfg.channel_mult]
+    # diffusers normalises every width (and the up path's concatenations) with norm_groups groups; ours with
+    # min(norm_groups, width), so narrow levels may have fewer.
+    widths = {cfg.base_channels, *chans, *(a + b for a in chans for b in chans)}
+    if any(c % cfg.norm_groups for c in widths):
+        raise UserError(f"norm_groups={cfg.norm_groups} does not divide every width of this network "
+                        f"({sorted(c for c in widths if c % cfg.norm_groups)[0]}), as diffusers needs")
     attending = [c for c, a in zip(chans, attn) if a] + [chans[-1]]  # the middle block attends too
     widths = {c // cfg.num_heads for c in attending}
     if cfg.num_heads > 1 and len(widths) > 1:
@@ -118,12 +159,17 @@ def model_config_to_diffusers(cfg: ModelConfig) -> dict[str, Any]:
             "downsample_padding": 0 if cfg.downsample_padding == "bottom_right" else 1,
             "resnet_time_scale_shift": "default" if cfg.resblock_conditioning == "additive" else "scale_shift",
             "num_class_embeds": cfg.num_classes + 1 if cfg.num_classes else None,
+            **({NULL_LABEL_KEY: True} if cfg.num_classes else {}),
             "attn_norm_num_groups": cfg.norm_groups,
             **{k: v for k, v in FIXED_UNET.items() if v is not None}}
 
 
 def diffusion_config_from_diffusers(s: dict[str, Any]) -> DiffusionConfig:
     """Our DiffusionConfig for a ``DDPMScheduler`` config; the betas must be one of our schedules."""
+    if s.get("_class_name", "DDPMScheduler") not in ("DDPMScheduler", "DDIMScheduler"):
+        raise UserError(f"the scheduler is a {s['_class_name']}, not DDPM's (DDPMScheduler)")
+    if s.get("rescale_betas_zero_snr"):
+        raise UserError("DDPMScheduler setting rescale_betas_zero_snr=True has no equivalent here")
     T = s.get("num_train_timesteps", 1000)
     kind = s.get("beta_schedule", "linear")
     if s.get("trained_betas") is not None:
@@ -137,11 +183,14 @@ def diffusion_config_from_diffusers(s: dict[str, Any]) -> DiffusionConfig:
     schedule = next((name for name, ours in (("linear", linear_betas(T)), ("cosine", cosine_betas(T)))
                      if len(betas) == T and torch.allclose(betas, ours, rtol=1e-6, atol=1e-9)), None)
     if schedule is None:
-        raise UserError(f"the scheduler's betas ({kind}, T={T}) match neither the linear nor the cosine schedule "
+        given = "trained_betas" if s.get("trained_betas") is not None else kind
+        raise UserError(f"the scheduler's betas ({given}, T={T}) match neither the linear nor the cosine schedule "
                         "of ddpm (linear: 1e-4 to 0.02 scaled by 1000 / T)")
     for key, table in (("variance_type", VARIANCE_TYPES), ("prediction_type", PREDICTION_TYPES)):
         if s.get(key, next(iter(table))) not in table:
-            raise UserError(f"DDPMScheduler setting {key}={s[key]!r} has no equivalent here")
+            raise UserError(f"DDPMScheduler setting {key}={s[key]!r} has no equivalent here"
+                            + (" (diffusers' learned variance is not a log-variance; learned_range maps)"
+                               if s[key] == "learned" else ""))
     if s.get("thresholding") or (s.get("clip_sample", True) and s.get("clip_sample_range", 1.0) != 1.0):
         raise UserError("DDPMScheduler settings thresholding / clip_sample_range other than 1 have no equivalent here")
     return DiffusionConfig(schedule=schedule, timesteps=T, prediction=PREDICTION_TYPES[s.get("prediction_type",
@@ -151,6 +200,8 @@ def diffusion_config_from_diffusers(s: dict[str, Any]) -> DiffusionConfig:
 
 def diffusion_config_to_diffusers(cfg: DiffusionConfig) -> dict[str, Any]:
     """The ``DDPMScheduler`` config of ours; ``trained_betas`` carries our betas exactly."""
+    if cfg.variance == "learned":
+        raise UserError("variance=learned (a log-variance) has no diffusers equivalent; learned_range has")
     betas = (linear_betas if cfg.schedule == "linear" else cosine_betas)(cfg.timesteps)
     scale = 1000.0 / cfg.timesteps
     return {"_class_name": "DDPMScheduler", "num_train_timesteps": cfg.timesteps,
@@ -305,6 +356,8 @@ def import_diffusers(src: str | Path, out: str | Path) -> Path:
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise UserError(f"diffusers folder not found: {src}")
+    if (out / EMA).exists() or (out / CHECKPOINT).exists():
+        raise UserError(f"{out} already holds a run; choose another --out")
     unet = _read_json(_find(src, "unet", ("config.json",)))
     if unet.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise UserError(f"{src} holds a {unet['_class_name']}, not a UNet2DModel")

@@ -55,7 +55,7 @@ PRESETS: dict[str, dict] = {
                    resblock_conditioning="additive", downsample_padding="bottom_right"),
         diffusion=dict(variance="beta_tilde"),
         train=dict(steps=500_000, batch_size=64, lr=2e-5, ema_decay=0.9999, warmup_steps=5000,
-                   lr_decay="constant", grad_clip=1.0),
+                   lr_decay="constant", grad_clip=1.0, sample_every=10_000, num_sample_images=16),
     ),
     # 64x64 and up (image folders, CelebA-like sets).
     "64": dict(

@@ -121,7 +121,8 @@ def add_runtime_flags(parser: argparse.ArgumentParser, *, only: Sequence[str] | 
                       of_run: bool = False) -> None:
     """--device, --precision, --memory-format, --compile: the ``runtime`` section (``ddpm.runtime``);
     ``of_run``: a command on a saved run, whose own runtime settings are the defaults."""
-    defaults = {f.name: "the run's" for f in dataclasses.fields(RuntimeConfig) if f.name != "device"} if of_run else None
+    fields = [f.name for f in dataclasses.fields(RuntimeConfig) if f.name != "device"]
+    defaults = {name: "the run's" for name in fields} if of_run else None
     add_config_flags(parser, RuntimeConfig, only=only, defaults=defaults, title="runtime (how the network runs)")
 
 

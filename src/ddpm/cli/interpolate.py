@@ -68,6 +68,8 @@ def _two_images(args, cfg):
         return [to_unit_range(load_image(p, size, channels)[None]) for p in (args.image_a, args.image_b)], ("A", "B")
     # By default the run's own training data.
     name, data_dir = (args.data, args.data_dir) if args.data else (cfg.train.data, args.data_dir or cfg.train.data_dir)
+    if not name:
+        raise UserError("the run names no training data (a converted checkpoint?); pass --data or --image-a/--image-b")
     data = load_dataset(name, data_dir, image_size=size, channels=channels, min_images=2)
     if args.index:
         idx = parse_ints(args.index, "--index")

@@ -67,7 +67,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="output folder (default: RUN/samples-seedSEED)")
     add_config_flags(p, SamplingOptions, title="sampler")
     guidance = add_config_flags(p, GuidanceOptions, title="guidance", show_defaults=False)
-    guidance.add_argument("--classifier", help="noisy classifier for classifier guidance (ddpm train-classifier --noisy)")
+    guidance.add_argument("--classifier",
+                          help="noisy classifier for classifier guidance (ddpm train-classifier --noisy)")
     add_runtime_flags(p, of_run=True)
     p.set_defaults(func=run)
 

@@ -100,6 +100,6 @@ def interpolate_images(run: Run, x_a: torch.Tensor, x_b: torch.Tensor, steps: Se
         xa_t, xb_t = q_sample(schedule, x_a, tt, eps), q_sample(schedule, x_b, tt, eps)
         mixed = (1 - lam) * xa_t + lam * xb_t
         gens = seed_generators([seed + 1] * len(lambdas))
-        rows.append(run.sample(len(lambdas), x_T=mixed, timesteps=grid_from(int(t), T, sampling.steps, sampling.default_grid, schedule=schedule),
-                               generator=gens, progress=progress, **options))
+        grid = grid_from(int(t), T, sampling.steps, sampling.default_grid, schedule=schedule)
+        rows.append(run.sample(len(lambdas), x_T=mixed, timesteps=grid, generator=gens, progress=progress, **options))
     return torch.stack(rows)

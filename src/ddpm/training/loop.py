@@ -195,8 +195,8 @@ def _train_state(cfg: RunConfig, options: rt.Resolved, env: dist.DistEnv, saved:
     network = rt.ModelRunner(dist.wrap(model, env, device), precision=options.precision,
                              memory_format=options.memory_format, compile=options.compile)
     model.checkpointing = tc.activation_checkpointing
-    return TrainState(network, model, ema, optimizer, objective, gen, tc, null_label=cfg.model.num_classes, scaler=scaler,
-                      step=step)
+    return TrainState(network, model, ema, optimizer, objective, gen, tc, null_label=cfg.model.num_classes,
+                      step=step, scaler=scaler)
 
 
 def _extra_state(state: TrainState) -> dict[str, torch.Tensor]:

@@ -45,7 +45,9 @@ def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.
     """Backpropagate ``loss``, clip the gradient norm to ``grad_clip`` (0: off), step, then update ``ema``.
 
     With a ``scaler`` (fp16) the loss is scaled before backward and the gradients unscaled before the
-    clip, and a step whose gradients overflowed is skipped (the scale then shrinks)."""
+    clip, and a step whose gradients overflowed leaves the weights alone (the scale then shrinks; the
+    first few steps of a run do this while the scale falls from 2^16). Such a step still counts: the
+    learning-rate and EMA schedules move on and the EMA takes a step towards the unchanged weights."""
     optimizer.zero_grad(set_to_none=True)
     (loss if scaler is None else scaler.scale(loss)).backward()
     if scaler is not None:
