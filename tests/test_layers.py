@@ -21,6 +21,7 @@ DEFERRED = {
     "torchmetrics": "slow to import, and only the metrics use it",
     "matplotlib": "slow to import, and only pictures use it",
     "sklearn": "slow to import, and only the digits use it",
+    "gradio": "optional: the [demo] extra",
 }
 
 

@@ -27,6 +27,7 @@ the package from the bottom and never meet a name from a floor above.
     pipeline        Run: model + schedule + options -> images, or an iterator of steps
     training        train_step, the loop, EMA, distributed helpers, the classifiers' training
     evaluation      features, FID/KID, precision/recall, NLL
+    demo            the web page of a run (Gradio, the optional [demo] extra)
     cli             one module per ``ddpm`` sub-command, flags derived from the configs
 """
 
@@ -43,7 +44,7 @@ from ddpm.training.loop import train
 from ddpm.training.step import TrainState, train_step
 
 LAYERS = ("errors", "io", "diffusion", "runtime", "config", "checkpoint", "presets", "models", "convert", "data",
-          "sampling", "viz", "pipeline", "training", "evaluation", "cli")
+          "sampling", "viz", "pipeline", "training", "evaluation", "demo", "cli")
 
 __all__ = [
     "SAMPLERS", "Denoiser", "DiffusionConfig", "GuidanceOptions", "ModelConfig", "Prediction", "Run", "RunConfig",
