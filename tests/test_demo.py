@@ -140,3 +140,23 @@ def test_a_browser_opens_the_page_samples_and_sees_the_images(served, tmp_path):
         shutil.copy(tmp_path / "demo.png", shutil.os.environ.get("DDPM_DEMO_SCREENSHOT", tmp_path / "kept.png"))
     finally:
         driver.quit()
+
+
+def test_the_forward_tab_takes_an_image_of_the_runs_data_set(run):
+    from ddpm.data.datasets import load_dataset
+
+    x0 = h.data_image(run, 5)
+    assert torch.equal(x0, load_dataset("digits").images[5:6])
+    with pytest.raises(h.DemoError, match="images 0 to 1796"):
+        h.data_image(run, 5000)
+
+
+def test_the_page_fetches_nothing_from_elsewhere(served):
+    """No analytics, web fonts or scripts from another host: the page works offline."""
+    import re
+    import urllib.request
+
+    html = urllib.request.urlopen(served, timeout=30).read().decode()
+    external = {u for u in re.findall(r'(?:src|href)="(https?://[^"]+)"', html) if not u.startswith(served)}
+    assert not external, external
+    assert "fonts.googleapis" not in html and "googletagmanager" not in html

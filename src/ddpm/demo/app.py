@@ -51,8 +51,9 @@ def build(run: Run, limits: h.Limits = h.Limits()):
                             n=int(n), guidance=float(guidance) if label is not None else None, class_label=label):
             yield out["x_t"], out["x0"], out["progress"], out.get("images"), out.get("gif")
 
-    def do_forward(path, t, seed):
-        return h.forward(run, h.read_upload(run, limits, path), int(t), int(seed))
+    def do_forward(path, index, t, seed):
+        x0 = h.read_upload(run, limits, path) if path else h.data_image(run, int(index or 0))
+        return h.forward(run, x0, int(t), int(seed))
 
     def do_seeds(seed_a, seed_b, count, sampler, steps):
         return h.seeds_row(run, limits, int(seed_a), int(seed_b), int(count), sampler, int(steps) if steps else None)
@@ -85,13 +86,18 @@ def build(run: Run, limits: h.Limits = h.Limits()):
                      [x_t, x0, progress, final, gif], api_name="sample")
         with gr.Tab("Forward process"):
             with gr.Row():
-                upload = gr.Image(type="filepath", label="an image", sources=["upload"])
-                noised = gr.Image(label="x_0 | x_t", interactive=False)
+                upload = gr.Image(type="filepath", label="an image (or leave empty: the data set's)",
+                                  sources=["upload"])
+                noised = gr.Image(label="x_0 | x_t", interactive=False, format="png")
+            with gr.Row():
+                index = gr.Number(value=0, precision=0,
+                                  label=f"image # of the run's data set ({cfg.train.data or 'none'})")
+                fseed = gr.Number(value=0, precision=0, label="noise seed")
             t = gr.Slider(0, T - 1, value=T // 4, step=1, label="t (0-based)")
-            fseed = gr.Number(value=0, precision=0, label="noise seed")
             info = gr.Textbox(label="schedule at t", interactive=False)
-            for trigger in (t.release, upload.change, fseed.change):
-                trigger(shown(do_forward), [upload, t, fseed], [noised, info], api_name=False)
+            for trigger in (t.release, upload.change, fseed.change, index.change):
+                trigger(shown(do_forward), [upload, index, t, fseed], [noised, info], api_name="forward"
+                        if trigger == t.release else False)
         with gr.Tab("Interpolate"):
             with gr.Row():
                 seed_a = gr.Number(value=0, precision=0, label="seed A")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ddpm.config import RuntimeConfig
-from ddpm.data.datasets import to_unit_range
+from ddpm.data.datasets import load_dataset, to_unit_range
 from ddpm.data.folder import load_image
 from ddpm.diffusion.process import q_sample
 from ddpm.errors import UserError
@@ -101,6 +101,18 @@ def read_upload(run: Run, limits: Limits, path: str | Path | None) -> torch.Tens
     except UserError as e:
         raise DemoError(f"not an image this demo can read: {e}") from None
     return to_unit_range(array[None]).to(run.device)
+
+
+def data_image(run: Run, index: int) -> torch.Tensor:
+    """Image ``index`` of the run's own data set as (1, C, H, W) in [-1, 1], fitted to the model."""
+    data = run.config.train
+    if not data.data:
+        raise DemoError("this run names no data set (a converted checkpoint?); upload an image instead")
+    images = load_dataset(data.data, data.data_dir, image_size=run.config.model.image_size,
+                          channels=run.config.model.in_channels).images
+    if not 0 <= index < len(images):
+        raise DemoError(f"the data set has images 0 to {len(images) - 1}, not {index}")
+    return images[index:index + 1].to(run.device)
 
 
 def forward(run: Run, x0: torch.Tensor, t: int, seed: int = 0) -> tuple[np.ndarray, str]:
