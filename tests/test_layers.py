@@ -119,3 +119,19 @@ def test_the_layer_test_sees_an_upward_import(tmp_path):
     found = imports(bad)
     assert ("ddpm.pipeline", 1, True) in found and ("ddpm.config", 4, False) in found
     assert layer_of("ddpm.pipeline.run") > layer_of("ddpm.diffusion.schedule")
+
+
+def test_nothing_in_src_unpickles():
+    """Weights load with safetensors or torch.load(weights_only=True); no pickle.load, no allow_pickle=True."""
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = ast.unparse(node.func)
+            keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            if func in ("pickle.load", "pickle.loads", "cloudpickle.load", "dill.load") or (
+                    func.endswith("torch.load") and keywords.get("weights_only") != "True") or (
+                    func.endswith("load") and keywords.get("allow_pickle") == "True"):
+                found.append(f"{path.relative_to(SRC.parent)}:{node.lineno} {ast.unparse(node)[:80]}")
+    assert not found, "\n".join(found)

@@ -7,7 +7,10 @@ checkpoint I/O from ``ddpm.checkpoint``; the preview grids from ``ddpm.pipeline`
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -123,6 +126,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
     # Previews run the EMA model where it is, with the training runtime's precision and layout, uncompiled.
     preview_runtime = RuntimeConfig("auto", options.precision, options.memory_format, "none")
 
+    signals = _Signals()
+
     def save() -> None:
         if env.is_main:
             ckpt.save_checkpoint(run_dir, cfg, state.step, state.model, state.ema, state.optimizer,
@@ -139,21 +144,49 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
             save_grid(x, run_dir / "samples" / f"step_{state.step:07d}.png")
 
     try:
-        _loop(state, images, labels, logger, save, preview, progress=progress and env.is_main,
-              world_size=env.world_size)
-    except KeyboardInterrupt:
-        save()
-        logger.close()
-        if env.is_main:
-            print(f"interrupted at step {state.step}; checkpoint saved to {run_dir} (continue with --resume)")
+        with signals.installed():
+            try:
+                _loop(state, images, labels, logger, save, preview, progress=progress and env.is_main,
+                      world_size=env.world_size, stop=lambda: signals.pending)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM (preemption) at the end of a step: save, then stop
+                save()
+                logger.close()
+                if env.is_main:
+                    print(f"interrupted at step {state.step}; checkpoint saved to {run_dir} (continue with --resume)")
+                return run_dir
+            save()
+    finally:
         dist.teardown(env)
-        return run_dir
-    save()
     if tc.sample_every:
         preview()
     logger.close()
-    dist.teardown(env)
     return run_dir
+
+
+class _Signals:
+    """SIGINT (Ctrl-C) and SIGTERM (what SLURM and Kubernetes send before they kill) both stop training: the
+    signal only marks the stop, and the loop stops at the end of the step under way, saves a checkpoint and
+    returns. So the checkpoint is always that of a whole step (a resumed run ends bit for bit where an
+    uninterrupted one does), and further signals never cut the save short."""
+
+    def __init__(self):
+        self.pending = False
+
+    def _handler(self, signum, frame) -> None:
+        self.pending = True
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+            yield
+            return
+        old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
 
 
 def _saved_state(cfg: RunConfig, run_dir: Path, resume: bool) -> dict | None:
@@ -217,7 +250,7 @@ def _load_scaler(scaler: torch.amp.GradScaler | None, extra: dict[str, torch.Ten
 
 
 def _loop(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None, logger: "_Logger", save, preview, *,
-          progress: bool, world_size: int) -> None:
+          progress: bool, world_size: int, stop=lambda: False) -> None:
     """Train from ``state.step`` to the configured steps: a batch, ``train_step``, then logs, checkpoints
     and previews at their intervals."""
     tc, gen = state.config, state.generator
@@ -247,5 +280,7 @@ def _loop(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None, 
                 save()
             if tc.sample_every and step % tc.sample_every == 0 and step < tc.steps:
                 preview()
+            if stop():
+                raise KeyboardInterrupt
     finally:
         bar.close()
