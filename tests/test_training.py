@@ -142,3 +142,35 @@ def test_sigterm_saves_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_d
     a, b = load_file(tmp_path / "full" / CHECKPOINT), load_file(tmp_path / "split" / CHECKPOINT)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _damage(path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:  # one byte of the tensor data flipped: the file still parses, the hash catches it
+        data[-5] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbled"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, how):
+    from ddpm.checkpoint import EMA, PREVIOUS
+
+    train(tiny_config(steps=6, checkpoint_every=2), tmp_path / "run", progress=False)
+    assert load_training_state(tmp_path / "run")["step"] == 6
+    assert (tmp_path / "run" / PREVIOUS).is_file()  # the checkpoint before, kept beside the latest
+    _damage(tmp_path / "run" / CHECKPOINT, how)
+    with pytest.warns(UserWarning, match="resuming from the previous checkpoint"):
+        assert load_training_state(tmp_path / "run")["step"] == 4
+    # Resuming goes on from there and completes.
+    train(tiny_config(steps=6, checkpoint_every=2), tmp_path / "run", resume=True, progress=False)
+    assert load_training_state(tmp_path / "run")["step"] == 6
+    # Both damaged: a one-line error naming the latest file; a damaged EMA file likewise.
+    _damage(tmp_path / "run" / CHECKPOINT, how)
+    _damage(tmp_path / "run" / PREVIOUS, "truncated")  # (a second flip of the same byte would mend it)
+    with pytest.raises(UserError, match=CHECKPOINT):
+        load_training_state(tmp_path / "run")
+    _damage(tmp_path / "run" / EMA, how)
+    with pytest.raises(UserError, match=EMA):
+        load_run(tmp_path / "run")

@@ -8,11 +8,19 @@ A run folder holds:
                            loss-aware timestep sampler's history), with step and config in its
                            metadata: everything ``--resume`` needs, in one file so one rename commits it
   ema.safetensors          the EMA weights alone (the sampling model), with the config in its metadata
+  checkpoint.previous.safetensors   the checkpoint before the latest; ``--resume`` falls back to it (with a
+                           warning) when the latest is missing or damaged
+
+Every file carries the SHA-256 of its tensors in its metadata, checked when it is loaded, so a file
+damaged on disk is an error naming it instead of a model that silently computes something else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +32,7 @@ from ddpm.errors import UserError
 from ddpm.io import atomic_write, read_safetensors, write_text_atomic
 
 CHECKPOINT = "checkpoint.safetensors"
+PREVIOUS = "checkpoint.previous.safetensors"  # the one before, kept until the next is complete
 EMA = "ema.safetensors"
 CONFIG = "config.json"
 FORMAT = "ddpm-checkpoint-1"
@@ -64,6 +73,9 @@ def save_checkpoint(run_dir: Path, cfg: RunConfig, step: int, model, ema, optimi
                **{f"rng.{k}": v.contiguous().cpu() for k, v in rng.items()},
                **{f"extra.{k}": v.detach().contiguous().cpu() for k, v in (extra or {}).items()}}
     meta = {"format": FORMAT, "step": str(step), "config": cfg.to_json(), "optimizer": json.dumps(opt_meta)}
+    meta["sha256"] = content_hash(tensors, meta)
+    if (run_dir / CHECKPOINT).exists():
+        os.replace(run_dir / CHECKPOINT, run_dir / PREVIOUS)  # one rename: a crash leaves one or the other
     atomic_write(run_dir / CHECKPOINT, lambda tmp: save_file(tensors, tmp, metadata=meta))
     save_ema(run_dir, cfg, step, {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")})
 
@@ -75,6 +87,7 @@ def save_ema(run_dir: Path, cfg: RunConfig, step: int, state: dict[str, torch.Te
     run_dir = Path(run_dir)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     meta = {"format": FORMAT, "step": str(step), "config": cfg.to_json()}
+    meta["sha256"] = content_hash(tensors, meta)
     atomic_write(run_dir / EMA, lambda tmp: save_file(tensors, tmp, metadata=meta))
     write_text_atomic(run_dir / CONFIG, cfg.to_json() + "\n")
 
@@ -91,11 +104,47 @@ def find_file(run: str | Path, name: str) -> Path:
     return p / name
 
 
+def content_hash(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """SHA-256 of the metadata (but the hash itself) and the tensors (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_checked(path: Path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a ddpm file whose format and content hash are right; else a UserError naming it."""
+    tensors, meta = read_safetensors(path, what)
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise UserError(f"{path} is not a ddpm {what} (format {meta.get('format')!r})")
+    if "sha256" in meta and content_hash(tensors, meta) != meta["sha256"]:  # files before the hash have none
+        raise UserError(f"{path} is damaged: its contents do not match the hash they were saved with")
+    try:
+        json.loads(meta["config"]), json.loads(meta.get("optimizer", "{}")), int(meta.get("step", 0))
+    except ValueError:
+        raise UserError(f"{path} is damaged: its metadata cannot be read") from None
+    return tensors, meta
+
+
 def load_training_state(run_dir: str | Path) -> dict[str, Any]:
-    """Everything ``--resume`` needs: config, step, model/ema/optimizer state dicts, RNG states, extra state."""
-    tensors, meta = read_safetensors(find_file(run_dir, CHECKPOINT))
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{run_dir} is not a ddpm checkpoint (format {meta.get('format')!r})")
+    """Everything ``--resume`` needs: config, step, model/ema/optimizer state dicts, RNG states, extra state.
+
+    When the latest checkpoint is missing, unreadable or damaged and the previous one is good, that one is
+    used, with a warning that says why."""
+    try:
+        tensors, meta = read_checked(find_file(run_dir, CHECKPOINT))
+    except UserError as latest:
+        previous = Path(run_dir) / PREVIOUS
+        if not previous.is_file():
+            raise
+        try:
+            tensors, meta = read_checked(previous)
+        except UserError:
+            raise latest from None
+        warnings.warn(f"{latest}; resuming from the previous checkpoint {previous} (step {meta['step']})",
+                      stacklevel=2)
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
@@ -114,7 +163,5 @@ def load_training_state(run_dir: str | Path) -> dict[str, Any]:
 
 def load_ema(run: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], int]:
     """(config, EMA state dict, step) from a run folder or an ema.safetensors file."""
-    tensors, meta = read_safetensors(find_file(run, EMA))
-    if meta.get("format") != FORMAT or "config" not in meta:
-        raise UserError(f"{run} is not a ddpm checkpoint")
+    tensors, meta = read_checked(find_file(run, EMA))
     return RunConfig.from_dict(json.loads(meta["config"])), tensors, int(meta.get("step", 0))

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from ddpm.errors import UserError
 
@@ -29,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"ddpm: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning  # a warning is one line too, without the code that raised it
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
