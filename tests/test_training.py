@@ -174,3 +174,25 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ho
     _damage(tmp_path / "run" / EMA, how)
     with pytest.raises(UserError, match=EMA):
         load_run(tmp_path / "run")
+
+
+def test_a_second_trainer_on_the_same_run_folder_is_refused(tmp_path):
+    """A lock file with the owner's pid: a live owner refuses, one that is gone is taken over with a warning."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from ddpm.training.loop import LOCK
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK).write_text(f"{os.getpid()} {socket.gethostname()}")  # this live process holds it
+    with pytest.raises(UserError, match="in use by another ddpm process"):
+        train(tiny_config(), run, progress=False)
+    assert not (run / CHECKPOINT).exists()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / LOCK).write_text(f"{gone.stdout.strip()} {socket.gethostname()}")
+    with pytest.warns(UserWarning, match="taking over the lock"):
+        train(tiny_config(), run, progress=False)
+    assert (run / CHECKPOINT).exists() and not (run / LOCK).exists()

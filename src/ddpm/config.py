@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
-
-import tomllib
 
 from ddpm.diffusion.likelihood import LEARNED_VARIANCES, VARIANCES
 from ddpm.diffusion.losses import LOSSES

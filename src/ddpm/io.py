@@ -7,8 +7,11 @@ half of one. Nothing here knows about diffusion, models or runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +50,48 @@ def read_safetensors(path: str | Path, what: str = "checkpoint") -> tuple[dict[s
         return load_file(str(path)), meta
     except (SafetensorError, OSError) as e:
         raise UserError(f"cannot read {what} {path}: {e}") from None
+
+
+@contextlib.contextmanager
+def pid_lock(path: str | Path, what: str):
+    """Hold ``path`` (a file with this process's pid and host) while the block runs, so a second process
+    working on ``what`` is refused; a lock left by a process that is gone is taken over with a warning."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            owner = path.read_text().split() if path.is_file() else []
+            pid, host = (int(owner[0]), owner[1]) if len(owner) == 2 and owner[0].isdigit() else (None, None)
+            if pid is not None and host == socket.gethostname() and _alive(pid):
+                raise UserError(f"{what} is in use by another ddpm process (pid {pid}); wait for it or stop it")
+            if pid is not None and host != socket.gethostname():
+                raise UserError(f"{what} is in use by a ddpm process on {host} (pid {pid}); if it is gone, "
+                                f"delete {path}")
+            warnings.warn(f"taking over the lock of {what} left by a process that is gone ({path})", stacklevel=3)
+            path.unlink(missing_ok=True)
+    else:
+        raise UserError(f"cannot lock {what}: {path} keeps reappearing")
+    with os.fdopen(fd, "w") as f:
+        f.write(me)
+    try:
+        yield
+    finally:
+        if path.is_file() and path.read_text() == me:
+            path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def same_device(a: torch.device | str, b: torch.device | str) -> bool:

@@ -22,7 +22,7 @@ from ddpm import runtime as rt
 from ddpm.config import RunConfig, RuntimeConfig
 from ddpm.data.datasets import ImageDataset, load_dataset
 from ddpm.errors import UserError
-from ddpm.io import write_text_atomic
+from ddpm.io import pid_lock, write_text_atomic
 from ddpm.models.unet import check_model_config
 from ddpm.pipeline import Run, build_model, build_schedule
 from ddpm.training import distributed as dist
@@ -31,6 +31,8 @@ from ddpm.training.objective import Objective
 from ddpm.training.step import TrainState, lr_at, train_step
 from ddpm.viz.grid import save_grid
 from ddpm.viz.plots import save_loss_plot
+
+LOCK = ".lock"  # in the run folder while ``ddpm train`` works on it (``ddpm.io.pid_lock``)
 
 
 def check_data(data: ImageDataset, cfg: RunConfig) -> None:
@@ -102,6 +104,12 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
     """Train (or resume) a run in ``run_dir``; returns the run folder. Ctrl-C saves and returns."""
     run_dir = Path(run_dir)
     env = dist.DistEnv.from_environ()
+    with pid_lock(run_dir / LOCK, f"run folder {run_dir}") if env.is_main else contextlib.nullcontext():
+        return _train(cfg, run_dir, env, resume=resume, data=data, progress=progress)
+
+
+def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, data: ImageDataset | None,
+           progress: bool) -> Path:
     device = dist.rank_device(cfg.runtime.device, env)
     dist.setup(env, device)
     tc = cfg.train
