@@ -105,6 +105,9 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
     run_dir = Path(run_dir)
     env = dist.DistEnv.from_environ()
     with pid_lock(run_dir / LOCK, f"run folder {run_dir}") if env.is_main else contextlib.nullcontext():
+        if env.is_main:  # temporary files of a process killed mid-write (no other writer holds the lock)
+            for tmp in run_dir.glob(".*.tmp"):
+                tmp.unlink()
         return _train(cfg, run_dir, env, resume=resume, data=data, progress=progress)
 
 
