@@ -190,6 +190,7 @@ def test_missing_config_keys_mean_what_they_mean_in_diffusers():
     ({"variance_type": "learned"}, "variance_type='learned' has no equivalent"),
     ({"_class_name": "ScoreSdeVeScheduler"}, "not DDPM's"),
     ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+    ({"num_train_timesteps": "many"}, "cannot read the DDPMScheduler config"),
 ])
 def test_schedulers_that_do_not_map_are_one_line_errors(tmp_path, capsys, change, message):
     torch.manual_seed(0)

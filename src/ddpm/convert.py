@@ -166,6 +166,13 @@ def model_config_to_diffusers(cfg: ModelConfig) -> dict[str, Any]:
 
 def diffusion_config_from_diffusers(s: dict[str, Any]) -> DiffusionConfig:
     """Our DiffusionConfig for a ``DDPMScheduler`` config; the betas must be one of our schedules."""
+    try:
+        return _diffusion_config(s)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"cannot read the DDPMScheduler config: {str(e).splitlines()[0]}") from None
+
+
+def _diffusion_config(s: dict[str, Any]) -> DiffusionConfig:
     if s.get("_class_name", "DDPMScheduler") not in ("DDPMScheduler", "DDIMScheduler"):
         raise UserError(f"the scheduler is a {s['_class_name']}, not DDPM's (DDPMScheduler)")
     if s.get("rescale_betas_zero_snr"):

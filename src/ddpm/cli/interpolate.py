@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     sampling = SamplingOptions(**values)
     run = load_run(args.checkpoint, device_of(args))
     cfg, T = run.config, run.schedule.num_timesteps
-    options = dict(sampling=sampling, runtime=runtime_config(args, cfg.runtime), progress=False)
+    options = dict(sampling=sampling, runtime=runtime_config(args, cfg.runtime), progress=True)  # a bar per row
     name = f"interpolate-{args.mode}.png"
     out = picture_path(args.out, name) if args.out else (run.path if run.path.is_dir() else run.path.parent) / name
     lam_labels = [f"{v:g}" for v in lambdas]

@@ -41,7 +41,7 @@ def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: to
 
 def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_clip: float = 0.0,
                    ema: nn.Module | None = None, ema_decay: float = 0.0,
-                   scaler: torch.amp.GradScaler | None = None) -> None:
+                   scaler: torch.amp.GradScaler | None = None, foreach: bool = True) -> None:
     """Backpropagate ``loss``, clip the gradient norm to ``grad_clip`` (0: off), step, then update ``ema``.
 
     With a ``scaler`` (fp16) the loss is scaled before backward and the gradients unscaled before the
@@ -53,9 +53,8 @@ def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.
     if scaler is not None:
         scaler.unscale_(optimizer)
     if grad_clip > 0:
-        # One foreach kernel for the norm and one for the scaling; no CPU-GPU sync.
-        device = next(model.parameters()).device
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=device.type in ("cpu", "cuda"))
+        # One foreach kernel for the norm and one for the scaling (``foreach``: the device has them); no sync.
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=foreach)
     if scaler is None:
         optimizer.step()
     else:
@@ -81,6 +80,10 @@ class TrainState:
     step: int = 0
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler (``ddpm.runtime.grad_scaler``)
 
+    def __post_init__(self):
+        # Whether the weights' device has foreach kernels for the gradient clip: decided once, not per step.
+        self.foreach = next(self.model.parameters()).device.type in ("cpu", "cuda")
+
 
 def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """One step of Algorithm 1 on the batch ``x0`` (labels ``y`` for a conditional model); returns the loss."""
@@ -93,6 +96,6 @@ def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = Non
         group["lr"] = lr_at(state.step, tc)
     loss = state.objective.loss(state.network, x0, t, noise, weights, y=y)
     optimizer_step(loss, state.model, state.optimizer, grad_clip=tc.grad_clip, ema=state.ema,
-                   ema_decay=ema_decay_at(state.step, tc.ema_decay), scaler=state.scaler)
+                   ema_decay=ema_decay_at(state.step, tc.ema_decay), scaler=state.scaler, foreach=state.foreach)
     state.step += 1
     return loss.detach()
