@@ -68,16 +68,31 @@ def save_checkpoint(run_dir: Path, cfg: RunConfig, step: int, model, ema, optimi
                     extra: dict[str, torch.Tensor] | None = None) -> None:
     """``extra``: further training state for ``--resume`` (e.g. the loss-aware timestep sampler's history)."""
     run_dir = Path(run_dir)
+    _check_finite(step, run_dir, model, ema)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     tensors = {**_cpu_state(model, "model"), **_cpu_state(ema, "ema"), **opt_tensors,
                **{f"rng.{k}": v.contiguous().cpu() for k, v in rng.items()},
                **{f"extra.{k}": v.detach().contiguous().cpu() for k, v in (extra or {}).items()}}
     meta = {"format": FORMAT, "step": str(step), "config": cfg.to_json(), "optimizer": json.dumps(opt_meta)}
     meta["sha256"] = content_hash(tensors, meta)
-    if (run_dir / CHECKPOINT).exists():
+    had_one = (run_dir / CHECKPOINT).exists()
+    if had_one:
         os.replace(run_dir / CHECKPOINT, run_dir / PREVIOUS)  # one rename: a crash leaves one or the other
-    atomic_write(run_dir / CHECKPOINT, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    try:
+        atomic_write(run_dir / CHECKPOINT, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    except UserError:  # refused (full disk, ...): the last good checkpoint goes back to being the latest
+        if had_one:
+            os.replace(run_dir / PREVIOUS, run_dir / CHECKPOINT)
+        raise
     save_ema(run_dir, cfg, step, {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")})
+
+
+def _check_finite(step: int, run_dir: Path, *models) -> None:
+    """Non-finite weights are never saved: they would replace the last good checkpoint with a useless one."""
+    for m in models:
+        if m is not None and not all(bool(torch.isfinite(p).all()) for p in m.parameters()):
+            raise UserError(f"the weights at step {step} are not finite, so they were not saved; {run_dir} "
+                            "keeps its last checkpoint. Lower --lr or train in --precision fp32")
 
 
 def save_ema(run_dir: Path, cfg: RunConfig, step: int, state: dict[str, torch.Tensor]) -> None:

@@ -101,6 +101,8 @@ class TrainConfig:
     lr_min_ratio: float = doc(0.05, "the cosine decay's floor, as a share of lr")
     weight_decay: float = doc(0.0, "AdamW weight decay")
     grad_clip: float = doc(1.0, "clip the gradient norm to this (0: off)")
+    max_nonfinite_steps: int = doc(20, "stop when this many steps in a row have a NaN or infinite loss or "
+                                   "gradient (each such step is skipped and counted)", positive=True)
     ema_decay: float = doc(0.999, "decay of the weights' exponential moving average (the sampling model)")
     seed: int = doc(0, "seed of every random draw of the run")
     log_every: int = doc(50, "steps between log lines", positive=True)

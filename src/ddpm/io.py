@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
@@ -23,23 +24,53 @@ from ddpm.errors import UserError
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``; a crash never leaves a half-written file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``; a crash never leaves a half-written file.
+
+    A write the system refuses (a full disk, a read-only folder, no permission) is a UserError naming
+    ``path``, and leaves the old file as it was and no temporary file behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    except SafetensorError as e:  # safetensors reports its I/O errors as its own kind
+        raise UserError(f"cannot write {path}: {str(e).rpartition('I/O error: ')[2]}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_npz_atomic(path: str | Path, *arrays, **named) -> None:
+    """``numpy.savez`` with ``atomic_write`` (through a file object: numpy would append .npz to a name)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, *arrays, **named)
+
+    atomic_write(path, write)
+
+
+def save_image_atomic(image, path: str | Path, **options) -> Path:
+    """Save a PIL image (the format from the file's suffix) with ``atomic_write``."""
+    fmt = Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG")
+    atomic_write(path, lambda tmp: image.save(tmp, format=fmt, **options))
+    return Path(path)
+
+
+def save_figure_atomic(fig, path: str | Path, **options) -> Path:
+    """Save a matplotlib figure (the format from the file's suffix) with ``atomic_write``."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip("."), **options))
+    return Path(path)
 
 
 def read_safetensors(path: str | Path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -57,10 +88,10 @@ def pid_lock(path: str | Path, what: str):
     """Hold ``path`` (a file with this process's pid and host) while the block runs, so a second process
     working on ``what`` is refused; a lock left by a process that is gone is taken over with a warning."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     me = f"{os.getpid()} {socket.gethostname()}"
     for _ in range(2):
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
@@ -73,6 +104,8 @@ def pid_lock(path: str | Path, what: str):
                                 f"delete {path}")
             warnings.warn(f"taking over the lock of {what} left by a process that is gone ({path})", stacklevel=3)
             path.unlink(missing_ok=True)
+        except OSError as e:  # a read-only or someone else's folder
+            raise UserError(f"cannot write in {path.parent}: {e.strerror or e}") from None
     else:
         raise UserError(f"cannot lock {what}: {path} keeps reappearing")
     with os.fdopen(fd, "w") as f:

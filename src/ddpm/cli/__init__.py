@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the system refused a read or write the code did not name itself
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"ddpm {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"ddpm {args.command}: interrupted", file=sys.stderr)
         return 130

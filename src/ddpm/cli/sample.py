@@ -39,7 +39,7 @@ from ddpm.cli._common import (
     runtime_config,
 )
 from ddpm.errors import UserError
-from ddpm.io import write_text_atomic
+from ddpm.io import save_npz_atomic, write_text_atomic
 from ddpm.models.classifier import load_noisy_classifier
 from ddpm.pipeline import GuidanceOptions, Run, SamplingOptions, load_run
 from ddpm.sampling.guidance import check_labels
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     save_grid(images if per_class else images[:256], out / "grid.png", nrow=per_class)
     if labels is not None:
         write_text_atomic(out / "labels.json", json.dumps(labels.tolist()) + "\n")
-    np.savez(out / "samples.npz", images)
+    save_npz_atomic(out / "samples.npz", images)
     print(f"wrote {len(images)} samples to {out} (grid.png, sample_*.png, samples.npz)")
     return 0
 

@@ -225,7 +225,7 @@ def _train_state(cfg: RunConfig, options: rt.Resolved, env: dist.DistEnv, saved:
                               device=device)
     gen = torch.Generator(device).manual_seed(tc.seed * 1000 + env.rank)
     scaler = rt.grad_scaler(options.precision, device)
-    step = 0
+    step = skipped = 0
     if saved is not None:
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
@@ -235,18 +235,19 @@ def _train_state(cfg: RunConfig, options: rt.Resolved, env: dist.DistEnv, saved:
         objective.load_state_dict(saved.get("extra", {}))
         _load_scaler(scaler, saved.get("extra", {}))
         step = saved["step"]
+        skipped = int(saved.get("extra", {}).get("skipped_steps", torch.tensor(0)).item())
     # Autocast, memory format and compilation wrap the (DDP) module; the weights stay the model's.
     network = rt.ModelRunner(dist.wrap(model, env, device), precision=options.precision,
                              memory_format=options.memory_format, compile=options.compile)
     model.checkpointing = tc.activation_checkpointing
     return TrainState(network, model, ema, optimizer, objective, gen, tc, null_label=cfg.model.num_classes,
-                      step=step, scaler=scaler)
+                      step=step, scaler=scaler, skipped=skipped)
 
 
 def _extra_state(state: TrainState) -> dict[str, torch.Tensor]:
     """Training state beyond weights, optimizer and RNG that a resume needs: the timestep sampler's history
     and fp16's loss scale."""
-    extra = state.objective.state_dict()
+    extra = {**state.objective.state_dict(), "skipped_steps": torch.tensor(state.skipped)}
     if state.scaler is not None:
         s = state.scaler.state_dict()
         extra["grad_scaler.scale"] = torch.tensor(float(s["scale"]))
@@ -275,18 +276,20 @@ def _loop(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None, 
     try:
         while state.step < tc.steps:
             idx = torch.randint(0, n, (tc.batch_size,), device=images.device, generator=gen)
-            loss_sum += train_step(state, images[idx], labels[idx] if labels is not None else None)
-            loss_count += 1
+            loss = train_step(state, images[idx], labels[idx] if labels is not None else None)
+            if not state.skipped_in_row:  # a skipped step's loss is NaN or inf: kept out of the mean
+                loss_sum += loss
+                loss_count += 1
             bar.update(1)
             step = state.step
             if step % tc.log_every == 0 or step == tc.steps:
-                mean_loss = loss_sum.item() / loss_count  # CPU-GPU sync point, once per log interval
+                mean_loss = loss_sum.item() / max(1, loss_count)  # CPU-GPU sync, once per log interval
                 loss_sum.zero_()
                 loss_count = 0
                 rate = (step - step_start) * tc.batch_size * world_size / (time.perf_counter() - t_start)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
                 logger.log(step, loss=mean_loss, lr=lr_at(step - 1, tc), images_per_s=rate,
-                           **state.objective.log_values())
+                           skipped_steps=state.skipped, **state.objective.log_values())
             if step % tc.checkpoint_every == 0 and step < tc.steps:
                 save()
             if tc.sample_every and step % tc.sample_every == 0 and step < tc.steps:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ddpm.errors import UserError
+from ddpm.io import save_figure_atomic, save_image_atomic
 from ddpm.viz.grid import auto_scale, make_grid, to_uint8
 
 _DPI = 100
@@ -86,10 +87,7 @@ def save_labeled_grid(cells: torch.Tensor | np.ndarray, path: str | Path, *, col
         spine.set_visible(False)
     if title:
         fig.text(0.5, 1 - 4 / height, title, ha="center", va="top", fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI)
-    return path
+    return save_figure_atomic(fig, path, dpi=_DPI)
 
 
 def _font(size: int):
@@ -117,10 +115,8 @@ def save_gif(frames: Sequence[np.ndarray], path: str | Path, captions: Sequence[
     images = [captioned(f, c) for f, c in zip(frames, captions)] if captions else [
         Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in frames]
     durations = [duration_ms] * (len(images) - 1) + [hold_last_ms]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=False)
-    return path
+    return save_image_atomic(images[0], path, save_all=True, append_images=images[1:], duration=durations, loop=0,
+                             optimize=False)
 
 
 def stack_rows(rows: Sequence[torch.Tensor]) -> np.ndarray:

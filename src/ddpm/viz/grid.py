@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ddpm.io import save_image_atomic
+
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
@@ -37,8 +39,7 @@ def auto_scale(h: int) -> int:
 
 def save_image(array: np.ndarray, path: str | Path) -> None:
     a = array[..., 0] if array.shape[-1] == 1 else array
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(a).save(path)
+    save_image_atomic(Image.fromarray(a), path)
 
 
 def save_grid(x: torch.Tensor | np.ndarray, path: str | Path, nrow: int | None = None) -> None:

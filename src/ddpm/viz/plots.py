@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm.diffusion.schedule import SCHEDULES, make_schedule
+from ddpm.io import save_figure_atomic
 
 
 def _figure(width: float, height: float):
@@ -87,10 +88,7 @@ def plot_schedules(path: str | Path, timesteps: int = 1000, names: tuple[str, ..
         ax.set_xlabel("t (0-based step)")
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure_atomic(fig, path)
 
 
 def read_log(path: str | Path) -> list[dict]:
@@ -134,11 +132,7 @@ def save_loss_plot(log_path: str | Path, path: str | Path) -> Path | None:
         ax.grid(alpha=0.3, which="both")
         if len(keys) > 1:
             ax.legend(fontsize=8)
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp)
-        tmp.replace(path)  # a viewer never sees half a PNG
-        return path
+        return save_figure_atomic(fig, path)  # a viewer never sees half a PNG
     except Exception as e:  # noqa: BLE001
         warnings.warn(f"could not draw {path}: {e}", stacklevel=2)
         return None

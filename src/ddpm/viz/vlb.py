@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from ddpm.io import save_figure_atomic
+
 
 def read_quartile_log(log_path: str | Path) -> dict[str, tuple[list[int], list[float]]]:
     """``{"loss_q0": (steps, values), ...}`` from a run's log.jsonl (keys ``<term>_q<0..3>``)."""
@@ -78,7 +80,4 @@ def plot_vlb_terms(result: dict, path: str | Path, label: str | None = None, oth
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure_atomic(fig, path, dpi=120)
