@@ -106,7 +106,7 @@ def test_empty_and_too_small_folders(tmp_path):
     _write(tmp_path / "a.png")
     with pytest.raises(UserError, match="at least 2"):
         load_dataset(str(tmp_path), min_images=2)
-    with pytest.raises(UserError, match="not a folder"):
+    with pytest.raises(UserError, match="data folder not found"):
         load_dataset(str(tmp_path / "missing"))
 
 

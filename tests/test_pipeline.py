@@ -114,7 +114,7 @@ def test_cli_one_line_errors_for_a_bad_image_size_and_a_bad_device(tmp_path, cap
     from ddpm.cli import main
 
     assert main(["train", "--image-size", "28", "--steps", "1", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
-    assert "image size takes height and width" in capsys.readouterr().err
+    assert "image_size (--image-size) must be a list of 2 numbers" in capsys.readouterr().err
     assert main(["train-classifier", "--device", "tpu", "--out", str(tmp_path / "c")]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err
 

@@ -174,3 +174,11 @@ def test_a_read_only_folder_ends_in_one_line(tmp_path):
                            capture_output=True, text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.count("\n") == 1 and "Read-only file system" in r.stderr, r.stderr
+
+
+def test_atomically_written_files_get_the_usual_permissions(tmp_path):
+    from ddpm.io import write_text_atomic
+
+    (tmp_path / "plain.txt").write_text("x")
+    write_text_atomic(tmp_path / "atomic.txt", "x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode

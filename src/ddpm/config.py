@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from ddpm.diffusion.likelihood import LEARNED_VARIANCES, VARIANCES
 from ddpm.diffusion.losses import LOSSES
@@ -39,12 +42,18 @@ AdamWImplName = Literal[ADAMW_IMPLS]
 # An option of the network itself (ddpm.models.layers reads the names from here).
 DOWNSAMPLE_PADDINGS = ("symmetric", "bottom_right")
 DownsamplePadding = Literal[DOWNSAMPLE_PADDINGS]
+# Bounds beyond which a value is a typo, not a wish: they would only end in an out-of-memory crash.
+MAX_IMAGE_SIDE = 4096
+MAX_TIMESTEPS = 100_000
 
 
 def doc(default, help: str, **cli):
     """A dataclass field with its ``help``, the text of the CLI flag derived from it; ``cli`` holds further
-    hints for that flag: ``positive=True`` (an int that must be > 0), ``flag="name"`` (another flag name),
-    ``metavar``, ``none_means="..."`` (what a default of None means, for the help), ``cli=False`` (no flag)."""
+    hints: the value's range, checked by ``build`` (``positive=True``: > 0; ``min``/``max``: inclusive
+    bounds; ``below``: an exclusive upper bound; a float field is always finite; ``pattern``: a regular
+    expression a string must match), ``flag="name"`` (another
+    flag name), ``metavar``, ``none_means="..."`` (what a default of None means, for the help), ``cli=False``
+    (no flag)."""
     return field(default=default, metadata={"help": help, **cli})
 
 
@@ -52,28 +61,29 @@ def doc(default, help: str, **cli):
 class ModelConfig:
     """The U-Net noise predictor. It knows image shapes and channels, never the diffusion."""
 
-    image_size: tuple[int, int] = doc((8, 8), "height, width")
-    in_channels: int = doc(1, "image channels (1 grey, 3 RGB)")
+    image_size: tuple[int, int] = doc((8, 8), "height, width", positive=True, max=MAX_IMAGE_SIDE)
+    in_channels: int = doc(1, "image channels (1 grey, 3 RGB)", positive=True)
     out_channels: int = doc(1, "output channels (derived: twice in_channels for a learned variance)", cli=False)
-    base_channels: int = doc(64, "channels of the first level")
-    channel_mult: tuple[int, ...] = doc((1, 2), "channel multiplier per level")
-    num_res_blocks: int = doc(2, "ResNet blocks per level")
-    attention_resolutions: tuple[int, ...] = doc((4,), "resolutions with self-attention")
-    num_heads: int = doc(4, "attention heads")
-    dropout: float = doc(0.1, "dropout in the ResNet blocks")
+    base_channels: int = doc(64, "channels of the first level", positive=True)
+    channel_mult: tuple[int, ...] = doc((1, 2), "channel multiplier per level", positive=True)
+    num_res_blocks: int = doc(2, "ResNet blocks per level", positive=True)
+    attention_resolutions: tuple[int, ...] = doc((4,), "resolutions with self-attention", positive=True)
+    num_heads: int = doc(4, "attention heads", positive=True)
+    dropout: float = doc(0.1, "dropout in the ResNet blocks", min=0, below=1)
     resblock_conditioning: Literal["scale_shift", "additive"] = doc(
         "scale_shift", "time conditioning: scale_shift (AdaGN) or additive (Ho et al.)")
-    norm_groups: int = doc(32, "GroupNorm groups")
+    norm_groups: int = doc(32, "GroupNorm groups", positive=True)
     downsample_padding: DownsamplePadding = doc(
         "symmetric", "stride-2 convolutions pad every side (symmetric) or bottom and right only (bottom_right: "
         "TensorFlow's SAME, as Ho et al.'s released checkpoints)")
-    num_classes: int | None = doc(None, "class-conditional when set; index num_classes means 'no label'", cli=False)
+    num_classes: int | None = doc(None, "class-conditional when set; index num_classes means 'no label'", cli=False,
+                                  positive=True)
 
 
 @dataclass(slots=True)
 class DiffusionConfig:
     schedule: ScheduleName = doc("linear", "variance schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)")
-    timesteps: int = doc(1000, "T, the number of diffusion steps", positive=True)
+    timesteps: int = doc(1000, "T, the number of diffusion steps", positive=True, max=MAX_TIMESTEPS)
     prediction: PredictionName = doc("eps", "what the network predicts: eps, x0 or v")
     # Reverse-process variance: fixed "beta" | "beta_tilde" (Ho et al.), or output by the network:
     # "learned" (a log-variance) | "learned_range" (Improved DDPM Eq. 15); see ``derive``.
@@ -94,25 +104,26 @@ class TrainConfig:
     skip_bad_images: bool = doc(False, "leave unreadable images out with a warning instead of stopping")
     steps: int = doc(6000, "optimisation steps", positive=True)
     batch_size: int = doc(128, "images per step", positive=True)
-    lr: float = doc(1e-3, "peak learning rate (AdamW)")
-    warmup_steps: int = doc(200, "steps of linear learning-rate warm-up")
+    lr: float = doc(1e-3, "peak learning rate (AdamW)", positive=True)
+    warmup_steps: int = doc(200, "steps of linear learning-rate warm-up", min=0)
     lr_decay: Literal["constant", "cosine"] = doc("cosine", "after warm-up: constant, or cosine down to "
                                                   "lr_min_ratio * lr at the last step")
-    lr_min_ratio: float = doc(0.05, "the cosine decay's floor, as a share of lr")
-    weight_decay: float = doc(0.0, "AdamW weight decay")
-    grad_clip: float = doc(1.0, "clip the gradient norm to this (0: off)")
+    lr_min_ratio: float = doc(0.05, "the cosine decay's floor, as a share of lr", min=0, max=1)
+    weight_decay: float = doc(0.0, "AdamW weight decay", min=0)
+    grad_clip: float = doc(1.0, "clip the gradient norm to this (0: off)", min=0)
     max_nonfinite_steps: int = doc(20, "stop when this many steps in a row have a NaN or infinite loss or "
                                    "gradient (each such step is skipped and counted)", positive=True)
-    ema_decay: float = doc(0.999, "decay of the weights' exponential moving average (the sampling model)")
-    seed: int = doc(0, "seed of every random draw of the run")
+    ema_decay: float = doc(0.999, "decay of the weights' exponential moving average (the sampling model)",
+                           min=0, below=1)
+    seed: int = doc(0, "seed of every random draw of the run", min=0)
     log_every: int = doc(50, "steps between log lines", positive=True)
-    sample_every: int = doc(1000, "steps between sample grids (0: only at the end)")
+    sample_every: int = doc(1000, "steps between sample grids (0: only at the end)", min=0)
     checkpoint_every: int = doc(1000, "steps between checkpoints", positive=True)
     num_sample_images: int = doc(64, "images in each sample grid", positive=True)
     # Class-conditional models (model.num_classes set): the share of labels replaced by the "no label"
     # index each step, so one network also learns eps(x_t, none) for classifier-free guidance
     # (Ho & Salimans 2022, Algorithm 1: p_uncond = 0.1 or 0.2).
-    p_uncond: float = doc(0.1, "share of labels replaced by 'no label' (conditional models)")
+    p_uncond: float = doc(0.1, "share of labels replaced by 'no label' (conditional models)", min=0, below=1)
     adamw_impl: AdamWImplName = doc("auto", "AdamW implementation (auto: fused where PyTorch has the kernel)")
     activation_checkpointing: bool = doc(False, "recompute each block's activations in the backward pass: less "
                                          "memory (256 px on one GPU), about a third more compute")
@@ -122,7 +133,7 @@ class TrainConfig:
 class RuntimeConfig:
     """How the network runs (``ddpm.runtime``): saved with the run, overridable when sampling."""
 
-    device: str = doc("auto", "auto | cpu | cuda | cuda:N")
+    device: str = doc("auto", "auto | cpu | cuda | cuda:N", pattern=r"auto|cpu|mps|cuda(:\d+)?")
     precision: PrecisionName = doc("auto", "network arithmetic: bf16 autocast with fp32 weights, fp16 autocast with "
                                "a loss scaler (GPUs without bf16), or fp32 (auto: bf16 where the device has "
                                "native bf16, else fp32)")
@@ -185,17 +196,51 @@ def build(cls, d: dict[str, Any], where: str):
     if unknown:
         raise UserError(f"unknown {where} key(s): {', '.join(sorted(unknown))}")
     kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in d.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = build(hint, value, f"{where}.{name}")
         elif get_origin(hint) is Literal and value not in get_args(hint):
             raise UserError(f"unknown {where}.{name} {value!r}; choose one of {', '.join(map(str, get_args(hint)))}")
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = checked_value(f"{where}.{name}", hint, value, fields[name].metadata)
     return cls(**kwargs)
+
+
+def checked_value(where: str, hint, value, meta) -> Any:
+    """``value`` as type ``hint`` (a list becomes a tuple, an int a float), within the field's range
+    (``doc``); anything else is a UserError naming ``where``."""
+    flag = f" (--{meta.get('flag', where.rpartition('.')[2]).replace('_', '-')})" if meta.get("cli", True) else ""
+    args = get_args(hint)
+    if get_origin(hint) in (Union, UnionType) and type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)) or (Ellipsis not in get_args(hint) and len(value) != len(get_args(hint))):
+            n = "some" if Ellipsis in get_args(hint) else len(get_args(hint))
+            raise UserError(f"{where}{flag} must be a list of {n} numbers, got {value!r}")
+        return tuple(checked_value(where, get_args(hint)[0], v, meta) for v in value)
+    ok = {bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}.get(hint)
+    if ok is not None and not ok(value):
+        raise UserError(f"{where}{flag} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+    if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+        raise UserError(f"{where}{flag} {value!r} is not one of: {meta['help'].split(' (')[0]}")
+    if hint is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"{where}{flag} must be a finite number, got {value}")
+    if hint in (int, float):
+        lo, hi, below = meta.get("min"), meta.get("max"), meta.get("below")
+        for fails, text in ((meta.get("positive") and value <= 0, "> 0"), (lo is not None and value < lo, f">= {lo}"),
+                            (hi is not None and value > hi, f"<= {hi}"),
+                            (below is not None and value >= below, f"< {below}")):
+            if fails:
+                raise UserError(f"{where}{flag} must be {text}, got {value}")
+    return value
 
 
 def update(obj, values: dict[str, Any], where: str):
@@ -210,9 +255,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
+    if p.suffix not in (".json", ".toml"):
+        raise UserError(f"config file {p} must be .json or .toml")
     try:
         text = p.read_text()
         values = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as e:
         raise UserError(f"cannot parse config file {p}: {e}") from None
-    return _upgrade(values)
+    if not isinstance(values, dict):
+        raise UserError(f"config file {p} must hold a table/object of sections, not a {type(values).__name__}")
+    values = _upgrade(values)
+    sections = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    for key, value in values.items():
+        if key not in sections:
+            raise UserError(f"unknown section {key!r} in config file {p}; use {', '.join(sections)}")
+        if key != "preset" and not isinstance(value, dict):
+            raise UserError(f"section {key!r} of config file {p} must be a table/object")
+    return values

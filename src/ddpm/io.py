@@ -23,6 +23,10 @@ from safetensors.torch import load_file, safe_open
 from ddpm.errors import UserError
 
 
+_UMASK = os.umask(0)  # read once (it can only be read by setting it) and put straight back
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``; a crash never leaves a half-written file.
 
@@ -34,6 +38,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); a saved file gets the usual mode
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -80,7 +85,20 @@ def read_safetensors(path: str | Path, what: str = "checkpoint") -> tuple[dict[s
             meta = f.metadata() or {}
         return load_file(str(path)), meta
     except (SafetensorError, OSError) as e:
+        if _looks_pickled(path):
+            raise UserError(f"{path} is a PyTorch pickle (torch.save), not a {what}: ddpm reads only safetensors, "
+                            "which cannot run code (for a diffusers model use ddpm convert)") from None
         raise UserError(f"cannot read {what} {path}: {e}") from None
+
+
+def _looks_pickled(path: str | Path) -> bool:
+    """A torch.save file: a zip archive (PyTorch >= 1.6) or a raw pickle (protocol 2+ starts with 0x80)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 @contextlib.contextmanager

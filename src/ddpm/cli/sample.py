@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     runtime = runtime_config(args, run_.config.runtime)
     guidance = GuidanceOptions(args.scale, _classifier(args, run_), args.classifier_scale or 0.0)
     labels, per_class = _labels(args, run_, guidance)
+    run_.grid(sampling)  # a bad --steps is reported now, not after the first batch's progress bar
     out = Path(args.out) if args.out else Path(args.checkpoint) / f"samples-seed{args.seed}"
-    out.mkdir(parents=True, exist_ok=True)
 
     wants_trajectory = args.trajectory or args.trajectory_steps is not None
     recorder, grid = _trajectory_recorder(args, run_, sampling) if wants_trajectory else (None, None)

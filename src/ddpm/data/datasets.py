@@ -133,6 +133,8 @@ def _load_uncached(name, data_dir, image_size, channels, skip_bad_images) -> Ima
         return _from_arrays(*folder.load_image_folder(path, image_size, channels, skip_bad_images), name)
     if path.exists():
         raise UserError(f"--data takes a folder of images or a data set name; {name} is a file")
+    if "/" in name or name.startswith("."):
+        raise UserError(f"data folder not found: {name}")
     raise UserError(f"unknown data set {name!r}: not a folder, nor one of {', '.join(sorted(DATASETS))} "
                     "(or hf:NAME[:SPLIT] for a Hugging Face data set)")
 

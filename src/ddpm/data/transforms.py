@@ -39,6 +39,11 @@ def cover_size(h: int, w: int, target: tuple[int, int]) -> tuple[int, int]:
 def fit_image(img: Image.Image, image_size: tuple[int, int], channels: int) -> np.ndarray:
     """One PIL image -> uint8 (H, W, C): upright (EXIF), flattened on white, converted, resized, cropped."""
     img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I"):
+        # 16-bit grey (PIL's modes I;16 and, for older Pillows, I): convert("L") clips at 255 instead of
+        # scaling, which would turn a 16-bit PNG white. Scale the 16-bit range down to 8 bits.
+        img = Image.fromarray((np.asarray(img, dtype=np.float64) * (255 / 65535)).round().clip(0, 255)
+                              .astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels would otherwise become whatever colour they hide (often black).
         rgba = img.convert("RGBA")

@@ -31,6 +31,14 @@ def generate_samples(run: Run, n: int, *, seed: int = 0, batch_size: int = 256, 
     return torch.cat(out)
 
 
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+
+
 def load_samples(path: str | Path, n: int | None = None) -> torch.Tensor:
     """Images from a ``samples.npz`` (one uint8 array (N, H, W[, C])) or a folder of image files, as
     (N, C, H, W) in [-1, 1]; the first ``n`` of them when given (sorted by file name for a folder)."""
@@ -42,11 +50,13 @@ def load_samples(path: str | Path, n: int | None = None) -> torch.Tensor:
         if not files:
             raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {p}")
         files = files[:n] if n else files
-        arrays = [np.asarray(Image.open(f)) for f in files]
+        arrays = [_read_image(f) for f in files]
         if len({a.shape for a in arrays}) > 1:
             raise UserError(f"the images in {p} do not all have the same size and channels")
         array = np.stack(arrays)
     else:
+        if p.read_bytes()[:4] != b"PK\x03\x04":  # an .npz is a zip file; np.load would try to unpickle others
+            raise UserError(f"{p} is not an .npz file (ddpm sample writes samples.npz)")
         try:
             with np.load(p) as z:
                 if len(z.files) != 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import threading
 import time
@@ -104,11 +105,18 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
     """Train (or resume) a run in ``run_dir``; returns the run folder. Ctrl-C saves and returns."""
     run_dir = Path(run_dir)
     env = dist.DistEnv.from_environ()
-    with pid_lock(run_dir / LOCK, f"run folder {run_dir}") if env.is_main else contextlib.nullcontext():
-        if env.is_main:  # temporary files of a process killed mid-write (no other writer holds the lock)
-            for tmp in run_dir.glob(".*.tmp"):
-                tmp.unlink()
-        return _train(cfg, run_dir, env, resume=resume, data=data, progress=progress)
+    created = not run_dir.exists()
+    try:
+        with pid_lock(run_dir / LOCK, f"run folder {run_dir}") if env.is_main else contextlib.nullcontext():
+            if env.is_main:  # temporary files of a process killed mid-write (no other writer holds the lock)
+                for tmp in run_dir.glob(".*.tmp"):
+                    tmp.unlink()
+            return _train(cfg, run_dir, env, resume=resume, data=data, progress=progress)
+    except BaseException:
+        # A run that failed before its first checkpoint (bad data, a bad setting) leaves no folder behind.
+        if created and env.is_main and run_dir.is_dir() and not (run_dir / ckpt.CHECKPOINT).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, data: ImageDataset | None,
