@@ -9,7 +9,6 @@ read correctly rather than refused.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import struct
 import zlib

@@ -103,7 +103,11 @@ class TrainConfig:
                                "batches); without it they are downloaded")
     skip_bad_images: bool = doc(False, "leave unreadable images out with a warning instead of stopping")
     steps: int = doc(6000, "optimisation steps", positive=True)
-    batch_size: int = doc(128, "images per step", positive=True)
+    batch_size: int = doc(128, "images per step, over all processes (split evenly over torchrun's ranks)",
+                          positive=True)
+    micro_batch_size: int | None = doc(None, "most images one device computes at once; a larger share of the "
+                                       "batch is accumulated over rounds (same step, less memory)", positive=True,
+                                       none_means="all")
     lr: float = doc(1e-3, "peak learning rate (AdamW)", positive=True)
     warmup_steps: int = doc(200, "steps of linear learning-rate warm-up", min=0)
     lr_decay: Literal["constant", "cosine"] = doc("cosine", "after warm-up: constant, or cosine down to "
@@ -115,6 +119,9 @@ class TrainConfig:
                                    "gradient (each such step is skipped and counted)", positive=True)
     ema_decay: float = doc(0.999, "decay of the weights' exponential moving average (the sampling model)",
                            min=0, below=1)
+    ema_half_life_images: float | None = doc(None, "set the EMA by its half-life in training images instead of "
+                                             "--ema-decay (the same average at any batch size or GPU count)",
+                                             positive=True)
     seed: int = doc(0, "seed of every random draw of the run", min=0)
     log_every: int = doc(50, "steps between log lines", positive=True)
     sample_every: int = doc(1000, "steps between sample grids (0: only at the end)", min=0)

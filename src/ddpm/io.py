@@ -22,7 +22,6 @@ from safetensors.torch import load_file, safe_open
 
 from ddpm.errors import UserError
 
-
 _UMASK = os.umask(0)  # read once (it can only be read by setting it) and put straight back
 os.umask(_UMASK)
 

@@ -26,6 +26,7 @@ from ddpm.config import (
 from ddpm.data.datasets import load_dataset
 from ddpm.errors import UserError
 from ddpm.presets import make_config, preset_for_data
+from ddpm.training.distributed import DistEnv
 from ddpm.training.loop import train
 
 # The config sections a flag may set, in the order the help lists them.
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if args.p_uncond is not None and not cfg.model.num_classes:
         raise UserError("--p-uncond applies to a class-conditional model; add --conditional")
     out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, data=data)
-    print(f"run saved to {out}; sample with: ddpm sample --checkpoint {out}")
+    if DistEnv.from_environ().is_main:  # under torchrun, once
+        print(f"run saved to {out}; sample with: ddpm sample --checkpoint {out}")
     return 0
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ddpm import io
+from ddpm.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,46 @@ def wrap(model: torch.nn.Module, env: DistEnv, device: torch.device) -> torch.nn
         return model
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def per_rank_batch(batch_size: int, env: DistEnv) -> int:
+    """Each rank's share of the global batch; it must split evenly."""
+    if batch_size % env.world_size:
+        raise UserError(f"--batch-size {batch_size} does not split evenly over {env.world_size} processes")
+    return batch_size // env.world_size
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        torch.distributed.barrier()
+
+
+def any_rank(flag: bool, env: DistEnv) -> bool:
+    """Whether ``flag`` is set on any rank (every rank gets the same answer, so all stop at the same step)."""
+    if not env.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=_collective_device())
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_fn(env: DistEnv):
+    """A function concatenating a tensor over all ranks (identity in a single process)."""
+    if not env.enabled:
+        return lambda x: x
+
+    def gather(x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(env.world_size)]
+        torch.distributed.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+    return gather
+
+
+def _collective_device() -> torch.device:
+    """nccl reduces CUDA tensors, gloo CPU ones."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def teardown(env: DistEnv) -> None:

@@ -14,6 +14,14 @@ def make_ema(model: nn.Module) -> nn.Module:
     return ema
 
 
+def ema_decay_of(cfg) -> float:
+    """The per-step decay: ``ema_decay``, or the one whose half-life is ``ema_half_life_images`` images of
+    ``batch_size`` (the global batch) each, so the average spans the same images on any number of GPUs."""
+    if cfg.ema_half_life_images is None:
+        return cfg.ema_decay
+    return 0.5 ** (cfg.batch_size / cfg.ema_half_life_images)
+
+
 def ema_decay_at(step: int, decay: float) -> float:
     """Warm-up so early averages are not dominated by the random initialisation."""
     return min(decay, (1.0 + step) / (10.0 + step))

@@ -29,7 +29,7 @@ from ddpm.pipeline import Run, build_model, build_schedule
 from ddpm.training import distributed as dist
 from ddpm.training.ema import make_ema
 from ddpm.training.objective import Objective
-from ddpm.training.step import TrainState, lr_at, train_step
+from ddpm.training.step import TrainState, lr_at, seed_step, train_step
 from ddpm.viz.grid import save_grid
 from ddpm.viz.plots import save_loss_plot
 
@@ -86,20 +86,6 @@ class _Logger:
                 self.tb.close()
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state(), "train": gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(gen: torch.Generator, state: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["train"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: ImageDataset | None = None,
           progress: bool = True) -> Path:
     """Train (or resume) a run in ``run_dir``; returns the run folder. Ctrl-C saves and returns."""
@@ -129,7 +115,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     rt.check_options(adamw_impl=tc.adamw_impl)
     r = cfg.runtime
     options = rt.resolve(device, precision=r.precision, memory_format=r.memory_format, compile=r.compile)
-    torch.manual_seed(tc.seed + env.rank)  # dropout draws from the global generator
+    per_rank = dist.per_rank_batch(tc.batch_size, env)
+    torch.manual_seed(tc.seed)  # the initial weights (the same on every rank; DDP also sends rank 0's)
     if data is None:
         data = load_dataset(tc.data, tc.data_dir, image_size=cfg.model.image_size,
                             channels=cfg.model.in_channels, skip_bad_images=tc.skip_bad_images)
@@ -138,6 +125,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     labels = data.labels.to(device) if cfg.model.num_classes and data.labels is not None else None
 
     state = _train_state(cfg, options, env, saved)
+    if env.enabled and env.is_main:
+        print(f"training on {env.world_size} processes: {per_rank} images each per step (batch {tc.batch_size})")
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / ckpt.CONFIG, cfg.to_json() + "\n")
@@ -149,9 +138,10 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
 
     def save() -> None:
         if env.is_main:
-            ckpt.save_checkpoint(run_dir, cfg, state.step, state.model, state.ema, state.optimizer,
-                                 _rng_state(state.generator), extra=_extra_state(state))
+            ckpt.save_checkpoint(run_dir, cfg, state.step, state.model, state.ema, state.optimizer, {},
+                                 extra=_extra_state(state))
             save_loss_plot(run_dir / "log.jsonl", run_dir / "loss.png")
+        dist.barrier(env)  # every rank waits for the save: none runs ahead of a checkpoint it may resume from
 
     def preview() -> None:
         if env.is_main:
@@ -166,7 +156,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
         with signals.installed():
             try:
                 _loop(state, images, labels, logger, save, preview, progress=progress and env.is_main,
-                      world_size=env.world_size, stop=lambda: signals.pending)
+                      per_rank=per_rank, stop=lambda: dist.any_rank(signals.pending, env))
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM (preemption) at the end of a step: save, then stop
                 save()
                 logger.close()
@@ -231,7 +221,7 @@ def _train_state(cfg: RunConfig, options: rt.Resolved, env: dist.DistEnv, saved:
     ema = make_ema(model)
     optimizer = rt.make_adamw(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, impl=tc.adamw_impl,
                               device=device)
-    gen = torch.Generator(device).manual_seed(tc.seed * 1000 + env.rank)
+    gen = torch.Generator(device)  # seeded afresh each step (``seed_step``)
     scaler = rt.grad_scaler(options.precision, device)
     step = skipped = 0
     if saved is not None:
@@ -239,17 +229,19 @@ def _train_state(cfg: RunConfig, options: rt.Resolved, env: dist.DistEnv, saved:
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         rt.match_state_layouts(optimizer)
-        _set_rng_state(gen, saved["rng"])
         objective.load_state_dict(saved.get("extra", {}))
         _load_scaler(scaler, saved.get("extra", {}))
         step = saved["step"]
         skipped = int(saved.get("extra", {}).get("skipped_steps", torch.tensor(0)).item())
     # Autocast, memory format and compilation wrap the (DDP) module; the weights stay the model's.
-    network = rt.ModelRunner(dist.wrap(model, env, device), precision=options.precision,
-                             memory_format=options.memory_format, compile=options.compile)
+    wrapped = dist.wrap(model, env, device)
+    network = rt.ModelRunner(wrapped, precision=options.precision, memory_format=options.memory_format,
+                             compile=options.compile)
     model.checkpointing = tc.activation_checkpointing
+    objective.gather = dist.gather_fn(env)  # the loss-aware t sampler learns from every rank's losses
     return TrainState(network, model, ema, optimizer, objective, gen, tc, null_label=cfg.model.num_classes,
-                      step=step, scaler=scaler, skipped=skipped)
+                      step=step, scaler=scaler, skipped=skipped, rank=env.rank,
+                      no_sync=getattr(wrapped, "no_sync", contextlib.nullcontext))
 
 
 def _extra_state(state: TrainState) -> dict[str, torch.Tensor]:
@@ -270,7 +262,7 @@ def _load_scaler(scaler: torch.amp.GradScaler | None, extra: dict[str, torch.Ten
 
 
 def _loop(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None, logger: "_Logger", save, preview, *,
-          progress: bool, world_size: int, stop=lambda: False) -> None:
+          progress: bool, per_rank: int, stop=lambda: False) -> None:
     """Train from ``state.step`` to the configured steps: a batch, ``train_step``, then logs, checkpoints
     and previews at their intervals."""
     tc, gen = state.config, state.generator
@@ -283,7 +275,8 @@ def _loop(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None, 
     state.model.train()
     try:
         while state.step < tc.steps:
-            idx = torch.randint(0, n, (tc.batch_size,), device=images.device, generator=gen)
+            seed_step(state)
+            idx = torch.randint(0, n, (per_rank,), device=images.device, generator=gen)
             loss = train_step(state, images[idx], labels[idx] if labels is not None else None)
             if not state.skipped_in_row:  # a skipped step's loss is NaN or inf: kept out of the mean
                 loss_sum += loss
@@ -294,7 +287,7 @@ def _loop(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None, 
                 mean_loss = loss_sum.item() / max(1, loss_count)  # CPU-GPU sync, once per log interval
                 loss_sum.zero_()
                 loss_count = 0
-                rate = (step - step_start) * tc.batch_size * world_size / (time.perf_counter() - t_start)
+                rate = (step - step_start) * tc.batch_size / (time.perf_counter() - t_start)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
                 logger.log(step, loss=mean_loss, lr=lr_at(step - 1, tc), images_per_s=rate,
                            skipped_steps=state.skipped, **state.objective.log_values())

@@ -67,6 +67,7 @@ class Objective:
         self.cfg = cfg
         self.schedule = schedule
         self.loss_fn = LOSSES[cfg.loss]
+        self.gather = lambda x: x  # concatenates over ranks under torchrun (``ddpm.training.distributed``)
         self.sampler = make_timestep_sampler(cfg.timestep_sampler, schedule.num_timesteps, device)
         self.meter = QuartileMeter(schedule.num_timesteps, device)
 
@@ -79,7 +80,10 @@ class Objective:
         """The scalar to minimise: the importance-weighted mean of the per-example losses."""
         terms = self.loss_fn(model, self.schedule, x0, t, noise, prediction=self.cfg.prediction,
                              variance=self.cfg.variance, y=y)
-        self.sampler.update(t, terms["loss"])
+        if self.cfg.timestep_sampler == "loss_aware":  # under torchrun, from every rank's losses
+            self.sampler.update(self.gather(t), self.gather(terms["loss"].detach()))
+        else:
+            self.sampler.update(t, terms["loss"])
         shown = {k: v for k, v in terms.items() if not (k == "mse" and self.cfg.loss == "simple")}
         self.meter.add(t, shown)
         return (terms["loss"] * weights).mean()
