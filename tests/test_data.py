@@ -165,3 +165,38 @@ def test_hf_without_the_datasets_package_is_a_clear_error():
             load_dataset("hf:mnist")
     else:
         pytest.skip("`datasets` is installed; loading would need the network")
+
+
+def test_compact_storage_is_lossless_and_only_when_it_can_be():
+    from ddpm.data.datasets import to_unit_range
+    from ddpm.data.transforms import compact, expand
+
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    x = to_unit_range(pixels)
+    c = compact(x)
+    assert c.dtype == torch.uint8 and torch.equal(expand(c), x)
+    y = x * 0.999  # not 8-bit levels any more (a resized image): kept as it is
+    assert compact(y) is y
+    z = x.clone()
+    z[0, 0, 0, 0] = float("nan")
+    assert compact(z) is z
+
+
+def test_random_flip_mirrors_about_half_the_images_from_the_generator():
+    from ddpm.data.transforms import random_hflip
+
+    x = torch.arange(2 * 1 * 1 * 3, dtype=torch.float32).reshape(2, 1, 1, 3).repeat(500, 1, 1, 1)
+    a = random_hflip(x, torch.Generator().manual_seed(0))
+    b = random_hflip(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    mirrored = (a != x).any(dim=(1, 2, 3))
+    assert torch.equal(a[mirrored], x[mirrored].flip(-1)) and torch.equal(a[~mirrored], x[~mirrored])
+    assert 400 < int(mirrored.sum()) < 600
+
+
+def test_flips_default_follows_ho_et_al():
+    from ddpm.config import TrainConfig, flips
+
+    assert not flips(TrainConfig(data="digits")) and not flips(TrainConfig(data="mnist"))
+    assert flips(TrainConfig(data="cifar10")) and flips(TrainConfig(data="/some/folder"))
+    assert not flips(TrainConfig(data="cifar10", flip=False)) and flips(TrainConfig(data="digits", flip=True))

@@ -75,3 +75,25 @@ def test_a_failing_rank_ends_the_job_quickly_with_its_error(tmp_path):
     assert r.returncode != 0
     assert "rank 1 failed on purpose" in r.stderr
     assert took < 60, took
+
+
+def test_sampling_on_two_ranks_writes_what_one_process_writes(tmp_path):
+    from ddpm.cli import main
+    from ddpm.training.loop import train
+    from tests.conftest import tiny_config
+
+    run = tmp_path / "run"
+    train(tiny_config(), run, progress=False)
+    assert main(["sample", "--checkpoint", str(run), "--n", "5", "--batch-size", "2", "--steps", "4",
+                 "--device", "cpu", "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        "ddpm", "sample", "--checkpoint", str(run), "--num-samples", "5", "--batch-size", "2", "--steps", "4",
+                        "--device", "cpu", "--out", str(tmp_path / "two")], capture_output=True, text=True,
+                       timeout=240, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote 5 samples") == 1
+    import numpy as np
+
+    one, two = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
+    assert np.array_equal(one["arr_0"], two["arr_0"])

@@ -42,6 +42,8 @@ AdamWImplName = Literal[ADAMW_IMPLS]
 # An option of the network itself (ddpm.models.layers reads the names from here).
 DOWNSAMPLE_PADDINGS = ("symmetric", "bottom_right")
 DownsamplePadding = Literal[DOWNSAMPLE_PADDINGS]
+# Data sets whose images a mirror would turn into something else (a mirrored 2 is no digit).
+UNFLIPPED_DATA = ("digits", "mnist", "fashion-mnist")
 # Bounds beyond which a value is a typo, not a wish: they would only end in an out-of-memory crash.
 MAX_IMAGE_SIDE = 4096
 MAX_TIMESTEPS = 100_000
@@ -102,6 +104,8 @@ class TrainConfig:
     data_dir: str | None = doc(None, "folder holding a named set's original files (MNIST IDX files, CIFAR-10 "
                                "batches); without it they are downloaded")
     skip_bad_images: bool = doc(False, "leave unreadable images out with a warning instead of stopping")
+    flip: bool | None = doc(None, "mirror each training image left-right with probability 1/2 (Ho et al.)",
+                            none_means="on, except for digits, mnist and fashion-mnist")
     steps: int = doc(6000, "optimisation steps", positive=True)
     batch_size: int = doc(128, "images per step, over all processes (split evenly over torchrun's ranks)",
                           positive=True)
@@ -190,6 +194,12 @@ def derive(cfg: RunConfig) -> RunConfig:
     if cfg.diffusion.loss == "vlb":
         cfg.diffusion.timestep_sampler = "loss_aware"
     return cfg
+
+
+def flips(cfg: TrainConfig) -> bool:
+    """Whether training mirrors images: ``flip``, or by default (None) as Ho et al., for photographs
+    (CIFAR-10, CelebA-HQ, LSUN, image folders) and not for digits."""
+    return cfg.flip if cfg.flip is not None else cfg.data not in UNFLIPPED_DATA
 
 
 def build(cls, d: dict[str, Any], where: str):

@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from ddpm.cli._common import add_config_flags, add_runtime_flags, config_values, device_of, positive_int, runtime_config
+from ddpm.cli._common import add_config_flags, add_runtime_flags, config_values, positive_int, runtime_config
 from ddpm.data.datasets import load_dataset
 from ddpm.errors import UserError
 from ddpm.evaluation.features import EXTRACTORS, extract, make_extractor
@@ -27,6 +27,7 @@ from ddpm.evaluation.report import SAMPLE_METRICS, check_sample_count, compute_m
 from ddpm.evaluation.samples import generate_samples, load_samples
 from ddpm.io import write_text_atomic
 from ddpm.pipeline import SamplingOptions, load_run
+from ddpm.training import distributed as dist
 
 # Metrics that need the model itself rather than its samples: name -> "module:function". The function
 # is called as fn(run, dataset, n, *, device, seed, progress) and returns a dict of floats for the report.
@@ -45,7 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--metrics", default=DEFAULT_METRICS,
                    help="comma-separated: fid, kid, precision_recall, is, confidence; nll where installed "
                    f"(default: {DEFAULT_METRICS})")
-    p.add_argument("--n", type=positive_int("--n"),
+    p.add_argument("--n", "--num-samples", type=positive_int("--n"),
                    help=f"number of samples (default: {DEFAULT_N} from a run, all of --samples)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i (default: 0)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
@@ -98,8 +99,15 @@ def run(args: argparse.Namespace) -> int:
     sampling = SamplingOptions(**config_values(args, SamplingOptions))
     if args.samples and sampling != SamplingOptions():
         raise UserError("the sampler flags apply to sampling from --checkpoint, not to --samples")
-    device = device_of(args)
+    env, device = dist.start(args.device or "auto")  # under torchrun the ranks share the sampling
+    try:
+        return _run(args, names, sample_names, model_fns, sampling, env, device, progress)
+    finally:
+        dist.teardown(env)
 
+
+def _run(args, names, sample_names, model_fns, sampling: SamplingOptions, env: dist.DistEnv, device,
+         progress: bool) -> int:
     run_ = load_run(args.checkpoint, device) if args.checkpoint else None
     data_name = args.reference or (run_.config.train.data if run_ else "digits")
     if not data_name:
@@ -129,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         report["metrics"].update(fn(run_, reference, args.n, device=device, seed=args.seed, progress=progress))
         report["seconds"][name] = time.perf_counter() - t0
 
+    if not env.is_main:
+        return 0
     out = default_out(args, features_name, n, sampling)
     write_text_atomic(out, json.dumps(report, indent=2) + "\n")
     rows: dict = {k: v for k, v in report["metrics"].items() if not isinstance(v, (list, dict))}  # curves: JSON only

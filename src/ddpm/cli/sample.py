@@ -33,7 +33,6 @@ from ddpm.cli._common import (
     add_config_flags,
     add_runtime_flags,
     config_values,
-    device_of,
     parse_ints,
     positive_int,
     runtime_config,
@@ -44,6 +43,7 @@ from ddpm.models.classifier import load_noisy_classifier
 from ddpm.pipeline import GuidanceOptions, Run, SamplingOptions, load_run
 from ddpm.sampling.guidance import check_labels
 from ddpm.sampling.noise import seed_generators
+from ddpm.training import distributed as dist
 from ddpm.viz.figures import resolve_steps
 from ddpm.viz.grid import save_grid, save_image, to_uint8
 from ddpm.viz.process import TrajectoryRecorder, nearest_on_grid
@@ -53,8 +53,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a trained run (Algorithm 2)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run folder (or its ema.safetensors)")
-    p.add_argument("--n", type=positive_int("--n"), help="number of samples (default: 64; with --classes, per class, "
-                   "default 8)")
+    p.add_argument("--n", "--num-samples", type=positive_int("--n"),
+                   help="number of samples (default: 64; with --classes, per class, default 8); under torchrun "
+                   "spell it --num-samples, as torchrun takes --n for its own flags")
     p.add_argument("--class", dest="class_", type=int, metavar="K", help="draw class K (0-based)")
     p.add_argument("--classes", help="'all' (a grid with one row per class) or comma-separated classes")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i (default: 0)")
@@ -74,8 +75,17 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Under torchrun each rank draws its block of the seeds and rank 0 writes them all."""
     sampling = SamplingOptions(**config_values(args, SamplingOptions))
-    run_ = load_run(args.checkpoint, device_of(args))
+    env, device = dist.start(args.device or "auto")
+    try:
+        return _run(args, sampling, env, device)
+    finally:
+        dist.teardown(env)
+
+
+def _run(args: argparse.Namespace, sampling: SamplingOptions, env: dist.DistEnv, device) -> int:
+    run_ = load_run(args.checkpoint, device)
     runtime = runtime_config(args, run_.config.runtime)
     guidance = GuidanceOptions(args.scale, _classifier(args, run_), args.classifier_scale or 0.0)
     labels, per_class = _labels(args, run_, guidance)
@@ -84,9 +94,11 @@ def run(args: argparse.Namespace) -> int:
 
     wants_trajectory = args.trajectory or args.trajectory_steps is not None
     recorder, grid = _trajectory_recorder(args, run_, sampling) if wants_trajectory else (None, None)
-    batches = []
-    for start in tqdm(range(0, args.n, args.batch_size), desc="batches", unit="batch"):
-        count = min(args.batch_size, args.n - start)
+    batches = [np.zeros((0, *run_.shape[1:], run_.shape[0]), np.uint8)]
+    mine = dist.shard(args.n, env)
+    for start in tqdm(range(mine.start, mine.stop, args.batch_size), desc="batches", unit="batch",
+                      disable=not env.is_main):
+        count = min(args.batch_size, mine.stop - start)
         gens = seed_generators(range(args.seed + start, args.seed + start + count))
         x = run_.sample(count, generator=gens, sampling=sampling, guidance=guidance, runtime=runtime,
                         y=None if labels is None else labels[start:start + count], timesteps=grid,
@@ -95,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
             for path in recorder.save(x, out / "trajectory.png", out / "trajectory.gif"):
                 print(f"wrote {path}")
         batches.append(to_uint8(x))
-    images = np.concatenate(batches)
+    images = dist.gather_shards(torch.from_numpy(np.concatenate(batches)), args.n, env).numpy()
+    if not env.is_main:
+        return 0
     for i, img in enumerate(images):
         save_image(img, out / f"sample_{i:05d}.png")
     save_grid(images if per_class else images[:256], out / "grid.png", nrow=per_class)

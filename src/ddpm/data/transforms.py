@@ -80,3 +80,25 @@ def fit_tensor(images: torch.Tensor, image_size: tuple[int, int] | None = None,
         top, left = (nh - th) // 2, (nw - tw) // 2
         x = x[..., top:top + th, left:left + tw].clamp(-1, 1)
     return x.contiguous()
+
+
+def compact(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as uint8 when that loses nothing (they were decoded from 8-bit files: a quarter of
+    the memory), else unchanged; ``expand`` undoes it per batch, bit for bit."""
+    if images.dtype != torch.float32 or not bool(torch.isfinite(images).all()):
+        return images
+    levels = images.add(1.0).mul(127.5).round()
+    if not torch.equal(levels.div(127.5).sub(1.0), images):
+        return images
+    return levels.to(torch.uint8)
+
+
+def expand(batch: torch.Tensor) -> torch.Tensor:
+    """A batch of ``compact`` images as float32 in [-1, 1] (the arithmetic of ``to_unit_range``)."""
+    return batch.float().div(127.5).sub(1.0) if batch.dtype == torch.uint8 else batch
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2, drawn from ``generator`` (one draw per image)."""
+    flip = torch.rand(len(x), device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)

@@ -13,6 +13,7 @@ from ddpm.data.datasets import to_unit_range
 from ddpm.errors import UserError
 from ddpm.pipeline import Run
 from ddpm.sampling.noise import seed_generators
+from ddpm.training import distributed as dist
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -21,14 +22,18 @@ def generate_samples(run: Run, n: int, *, seed: int = 0, batch_size: int = 256, 
                      **options) -> torch.Tensor:
     """n samples (n, C, H, W) in [-1, 1] on the CPU; sample i is drawn from seed ``seed + i`` alone, as in
     ``ddpm sample``, so the set does not depend on the batch size. ``y``: one class (an int) or (n,) labels;
-    ``options`` are ``Run.sample``'s (``sampling``, ``guidance``, ``runtime``)."""
-    out = []
-    for start in tqdm(range(0, n, batch_size), desc="generating", unit="batch", disable=not progress):
-        count = min(batch_size, n - start)
+    ``options`` are ``Run.sample``'s (``sampling``, ``guidance``, ``runtime``). Under torchrun each rank
+    draws its block of the seeds and every rank gets the whole set."""
+    env = dist.DistEnv.from_environ()
+    mine = dist.shard(n, env)
+    out = [torch.zeros((0, *run.shape))]
+    for start in tqdm(range(mine.start, mine.stop, batch_size), desc="generating", unit="batch",
+                      disable=not progress or not env.is_main):
+        count = min(batch_size, mine.stop - start)
         gens = seed_generators(range(seed + start, seed + start + count))
         labels = y if y is None or isinstance(y, int) else y[start:start + count]
         out.append(run.sample(count, generator=gens, progress=False, y=labels, **options).float().cpu())
-    return torch.cat(out)
+    return dist.gather_shards(torch.cat(out), n, env)
 
 
 def _read_image(path: Path) -> np.ndarray:

@@ -85,6 +85,33 @@ def gather_fn(env: DistEnv):
     return gather
 
 
+def start(device_name: str) -> tuple[DistEnv, torch.device]:
+    """torchrun's environment and this process's device, with the process group up when under torchrun."""
+    env = DistEnv.from_environ()
+    device = rank_device(device_name, env)
+    setup(env, device)
+    return env, device
+
+
+def shard(n: int, env: DistEnv) -> range:
+    """This rank's block of ``range(n)``: contiguous blocks of ceil(n / world_size), in rank order."""
+    k = -(-n // env.world_size)
+    return range(min(n, env.rank * k), min(n, (env.rank + 1) * k))
+
+
+def gather_shards(x: torch.Tensor, n: int, env: DistEnv) -> torch.Tensor:
+    """Every rank's ``shard`` rows of a set of ``n`` concatenated in index order, on every rank (CPU)."""
+    if not env.enabled:
+        return x
+    k = -(-n // env.world_size)
+    device = _collective_device()
+    padded = torch.zeros((k, *x.shape[1:]), dtype=x.dtype, device=device)
+    padded[: len(x)] = x.to(device)
+    parts = [torch.empty_like(padded) for _ in range(env.world_size)]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat(parts)[:n].cpu()
+
+
 def _collective_device() -> torch.device:
     """nccl reduces CUDA tensors, gloo CPU ones."""
     if torch.distributed.get_backend() == "nccl":

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from ddpm import checkpoint as ckpt
 from ddpm import runtime as rt
-from ddpm.config import RunConfig, RuntimeConfig
+from ddpm.config import RunConfig, RuntimeConfig, flips
 from ddpm.data.datasets import ImageDataset, load_dataset
+from ddpm.data.transforms import compact, expand, random_hflip
 from ddpm.errors import UserError
 from ddpm.io import pid_lock, write_text_atomic
 from ddpm.models.unet import check_model_config
@@ -121,7 +122,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
         data = load_dataset(tc.data, tc.data_dir, image_size=cfg.model.image_size,
                             channels=cfg.model.in_channels, skip_bad_images=tc.skip_bad_images)
     check_data(data, cfg)
-    images = data.images.to(device)
+    images = compact(data.images).to(device)  # uint8 when lossless: each batch is expanded on the device
     labels = data.labels.to(device) if cfg.model.num_classes and data.labels is not None else None
 
     state = _train_state(cfg, options, env, saved)
@@ -266,7 +267,7 @@ def _loop(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None, 
     """Train from ``state.step`` to the configured steps: a batch, ``train_step``, then logs, checkpoints
     and previews at their intervals."""
     tc, gen = state.config, state.generator
-    n = len(images)
+    n, flip = len(images), flips(tc)
     loss_sum = torch.zeros((), device=images.device)
     loss_count = 0
     t_start, step_start = time.perf_counter(), state.step
@@ -277,7 +278,10 @@ def _loop(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None, 
         while state.step < tc.steps:
             seed_step(state)
             idx = torch.randint(0, n, (per_rank,), device=images.device, generator=gen)
-            loss = train_step(state, images[idx], labels[idx] if labels is not None else None)
+            x0 = expand(images[idx])
+            if flip:  # drawn after the batch, before train_step's draws
+                x0 = random_hflip(x0, gen)
+            loss = train_step(state, x0, labels[idx] if labels is not None else None)
             if not state.skipped_in_row:  # a skipped step's loss is NaN or inf: kept out of the mean
                 loss_sum += loss
                 loss_count += 1
