@@ -260,7 +260,8 @@ def _exif_rotated(tmp: Path) -> Image.Image:
 VALID = {
     "cmyk": (lambda tmp: Image.new("CMYK", (8, 8), (0, 0, 0, 0)), 3, 255),  # no ink: white
     "16-bit-grey": (lambda tmp: Image.fromarray(np.full((8, 8), 32768, np.uint16)), 1, 128),
-    "palette": (lambda tmp: Image.new("RGB", (8, 8), (200, 200, 200)).convert("P", palette=Image.Palette.ADAPTIVE), 3, 200),
+    "palette": (lambda tmp: Image.new("RGB", (8, 8), (200, 200, 200)).convert("P", palette=Image.Palette.ADAPTIVE),
+                3, 200),
     "alpha": (lambda tmp: Image.new("RGBA", (8, 8), (0, 0, 0, 0)), 3, 255),  # transparent: on white
     "grey-alpha": (lambda tmp: Image.new("LA", (8, 8), (0, 0)), 1, 255),
 }

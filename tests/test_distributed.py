@@ -88,9 +88,9 @@ def test_sampling_on_two_ranks_writes_what_one_process_writes(tmp_path):
                  "--device", "cpu", "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                        "ddpm", "sample", "--checkpoint", str(run), "--num-samples", "5", "--batch-size", "2", "--steps", "4",
-                        "--device", "cpu", "--out", str(tmp_path / "two")], capture_output=True, text=True,
-                       timeout=240, env=env, cwd=REPO)
+                        "ddpm", "sample", "--checkpoint", str(run), "--num-samples", "5", "--batch-size", "2",
+                        "--steps", "4", "--device", "cpu", "--out", str(tmp_path / "two")],
+                       capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("wrote 5 samples") == 1
     import numpy as np

@@ -235,8 +235,8 @@ def checked_value(where: str, hint, value, meta) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
     if get_origin(hint) is tuple:
-        if not isinstance(value, (list, tuple)) or (Ellipsis not in get_args(hint) and len(value) != len(get_args(hint))):
-            n = "some" if Ellipsis in get_args(hint) else len(get_args(hint))
+        n = "some" if Ellipsis in get_args(hint) else len(get_args(hint))
+        if not isinstance(value, (list, tuple)) or (n != "some" and len(value) != n):
             raise UserError(f"{where}{flag} must be a list of {n} numbers, got {value!r}")
         return tuple(checked_value(where, get_args(hint)[0], v, meta) for v in value)
     ok = {bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
