@@ -22,6 +22,7 @@ DEFERRED = {
     "matplotlib": "slow to import, and only pictures use it",
     "sklearn": "slow to import, and only the digits use it",
     "gradio": "optional: the [demo] extra",
+    "webdataset": "optional: the [shards] extra, for sets larger than memory",
 }
 
 

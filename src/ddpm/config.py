@@ -100,10 +100,12 @@ class DiffusionConfig:
 
 @dataclass(slots=True)
 class TrainConfig:
-    data: str = doc("digits", "digits | mnist | fashion-mnist | cifar10 | a folder of images | hf:NAME[:SPLIT]")
+    data: str = doc("digits", "digits | mnist | fashion-mnist | cifar10 | a folder of images | hf:NAME[:SPLIT] | "
+                    "a folder of shards (ddpm prepare-data), streamed")
     data_dir: str | None = doc(None, "folder holding a named set's original files (MNIST IDX files, CIFAR-10 "
                                "batches); without it they are downloaded")
     skip_bad_images: bool = doc(False, "leave unreadable images out with a warning instead of stopping")
+    data_workers: int = doc(2, "worker processes reading --data shards (ddpm prepare-data)", min=0)
     flip: bool | None = doc(None, "mirror each training image left-right with probability 1/2 (Ho et al.)",
                             none_means="on, except for digits, mnist and fashion-mnist")
     steps: int = doc(6000, "optimisation steps", positive=True)

@@ -24,6 +24,7 @@ from ddpm.config import (
     update,
 )
 from ddpm.data.datasets import load_dataset
+from ddpm.data.shards import is_shard_folder, read_meta
 from ddpm.errors import UserError
 from ddpm.presets import make_config, preset_for_data
 from ddpm.training.distributed import DistEnv
@@ -51,6 +52,20 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+# Shards hold images of one size: the preset whose network suits it (cifar10's for 32 px, else 64's, which
+# takes any size a power of two times 8), with the size and channels of the shards.
+_SHARD_PRESETS = {8: "digits", 28: "mnist", 32: "cifar10"}
+
+
+def _base_config(data: str, preset: str | None) -> RunConfig:
+    if not is_shard_folder(data):
+        return make_config(preset or preset_for_data(data))
+    meta = read_meta(data)
+    cfg = make_config(preset or _SHARD_PRESETS.get(meta["image_size"][0], "64"))
+    cfg.model.image_size, cfg.model.in_channels = tuple(meta["image_size"]), meta["channels"]
+    return cfg
+
+
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     """Preset, then config file, then flags; on --resume the run's own config, then flags."""
     file_values = read_config_file(args.config) if args.config else {}
@@ -61,8 +76,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         cfg = RunConfig.from_dict(json.loads(path.read_text()))
     else:
         data = args.data or file_values.get("train", {}).get("data") or "digits"
-        preset = args.preset or file_values.get("preset") or preset_for_data(data)
-        cfg = make_config(preset)
+        cfg = _base_config(data, args.preset or file_values.get("preset"))
     sections = {k: dict(v) for k, v in file_values.items() if k in SECTIONS}
     for name, cls in SECTIONS.items():
         sections.setdefault(name, {}).update(config_values(args, cls))

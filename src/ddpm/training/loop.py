@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ddpm import checkpoint as ckpt
 from ddpm import runtime as rt
 from ddpm.config import RunConfig, RuntimeConfig, flips
+from ddpm.data import shards
 from ddpm.data.datasets import ImageDataset, load_dataset
 from ddpm.data.transforms import compact, expand, random_hflip
 from ddpm.errors import UserError
@@ -53,6 +54,49 @@ def check_data(data: ImageDataset, cfg: RunConfig) -> None:
             raise UserError(f"the model has {k} classes but data set {data.name} has {data.num_classes}")
         if not 0.0 <= cfg.train.p_uncond < 1.0:
             raise UserError(f"p_uncond must be in [0, 1), got {cfg.train.p_uncond}")
+
+
+def check_shards(meta: dict, cfg: RunConfig) -> None:
+    """A shard folder's images must have the model's size and channels, and labels for a conditional model."""
+    want = (cfg.model.in_channels, *cfg.model.image_size)
+    have = (meta["channels"], *meta["image_size"])
+    if have != want:
+        raise UserError(f"the shards in {cfg.train.data} hold {'x'.join(map(str, have))} images but the model "
+                        f"expects {'x'.join(map(str, want))}; write them with --size and --channels to match")
+    k = cfg.model.num_classes
+    if k and len(meta.get("classes") or []) != k:
+        raise UserError(f"the model has {k} classes but the shards in {cfg.train.data} have "
+                        f"{len(meta.get('classes') or [])}")
+
+
+def _memory_batches(data: ImageDataset, cfg: RunConfig, device: torch.device, per_rank: int,
+                    gen: torch.Generator):
+    """A function drawing a batch of ``per_rank`` images (with replacement) from the set held on the device,
+    as uint8 where that is lossless (a quarter of the memory; ``expand`` makes each batch float)."""
+    images = compact(data.images).to(device)
+    labels = data.labels.to(device) if cfg.model.num_classes and data.labels is not None else None
+
+    def batch():
+        idx = torch.randint(0, len(images), (per_rank,), device=device, generator=gen)
+        return images[idx], None if labels is None else labels[idx]
+    return batch
+
+
+def _streamed_batches(cfg: RunConfig, env: dist.DistEnv, device: torch.device, per_rank: int, step: int):
+    """A function returning the next batch streamed from shards by DataLoader workers (each rank and worker
+    reads its own shards). A resumed run starts a fresh shuffle at the epoch it had reached."""
+    tc = cfg.train
+    meta = shards.read_meta(tc.data)
+    stream = shards.ShardStream(tc.data, seed=tc.seed, rank=env.rank, world_size=env.world_size,
+                                start_epoch=step * tc.batch_size // meta["count"], workers=tc.data_workers)
+    loader = torch.utils.data.DataLoader(stream, batch_size=per_rank, num_workers=tc.data_workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=tc.data_workers > 0)
+    it = iter(loader)
+
+    def batch():
+        x, y = next(it)
+        return x.to(device, non_blocking=True), y.to(device) if cfg.model.num_classes else None
+    return batch
 
 
 class _Logger:
@@ -118,14 +162,17 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     options = rt.resolve(device, precision=r.precision, memory_format=r.memory_format, compile=r.compile)
     per_rank = dist.per_rank_batch(tc.batch_size, env)
     torch.manual_seed(tc.seed)  # the initial weights (the same on every rank; DDP also sends rank 0's)
-    if data is None:
-        data = load_dataset(tc.data, tc.data_dir, image_size=cfg.model.image_size,
-                            channels=cfg.model.in_channels, skip_bad_images=tc.skip_bad_images)
-    check_data(data, cfg)
-    images = compact(data.images).to(device)  # uint8 when lossless: each batch is expanded on the device
-    labels = data.labels.to(device) if cfg.model.num_classes and data.labels is not None else None
-
+    streamed = data is None and shards.is_shard_folder(tc.data)
+    if streamed:
+        check_shards(shards.read_meta(tc.data), cfg)
+    else:
+        if data is None:
+            data = load_dataset(tc.data, tc.data_dir, image_size=cfg.model.image_size,
+                                channels=cfg.model.in_channels, skip_bad_images=tc.skip_bad_images)
+        check_data(data, cfg)
     state = _train_state(cfg, options, env, saved)
+    batches = (_streamed_batches(cfg, env, device, per_rank, state.step) if streamed
+               else _memory_batches(data, cfg, device, per_rank, state.generator))
     if env.enabled and env.is_main:
         print(f"training on {env.world_size} processes: {per_rank} images each per step (batch {tc.batch_size})")
     if env.is_main:
@@ -156,8 +203,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     try:
         with signals.installed():
             try:
-                _loop(state, images, labels, logger, save, preview, progress=progress and env.is_main,
-                      per_rank=per_rank, stop=lambda: dist.any_rank(signals.pending, env))
+                _loop(state, batches, logger, save, preview, progress=progress and env.is_main,
+                      stop=lambda: dist.any_rank(signals.pending, env))
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM (preemption) at the end of a step: save, then stop
                 save()
                 logger.close()
@@ -262,13 +309,13 @@ def _load_scaler(scaler: torch.amp.GradScaler | None, extra: dict[str, torch.Ten
                                 "_growth_tracker": int(extra["grad_scaler.growth_tracker"].item())})
 
 
-def _loop(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None, logger: "_Logger", save, preview, *,
-          progress: bool, per_rank: int, stop=lambda: False) -> None:
-    """Train from ``state.step`` to the configured steps: a batch, ``train_step``, then logs, checkpoints
-    and previews at their intervals."""
+def _loop(state: TrainState, batches, logger: "_Logger", save, preview, *, progress: bool,
+          stop=lambda: False) -> None:
+    """Train from ``state.step`` to the configured steps: a batch (``batches()``: images, labels or None),
+    ``train_step``, then logs, checkpoints and previews at their intervals."""
     tc, gen = state.config, state.generator
-    n, flip = len(images), flips(tc)
-    loss_sum = torch.zeros((), device=images.device)
+    flip = flips(tc)
+    loss_sum = torch.zeros((), device=next(state.model.parameters()).device)
     loss_count = 0
     t_start, step_start = time.perf_counter(), state.step
     bar = tqdm(total=tc.steps, initial=state.step, desc="training", disable=not progress, unit="step",
@@ -277,11 +324,11 @@ def _loop(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None, 
     try:
         while state.step < tc.steps:
             seed_step(state)
-            idx = torch.randint(0, n, (per_rank,), device=images.device, generator=gen)
-            x0 = expand(images[idx])
+            x, y = batches()
+            x0 = expand(x)
             if flip:  # drawn after the batch, before train_step's draws
                 x0 = random_hflip(x0, gen)
-            loss = train_step(state, x0, labels[idx] if labels is not None else None)
+            loss = train_step(state, x0, y)
             if not state.skipped_in_row:  # a skipped step's loss is NaN or inf: kept out of the mean
                 loss_sum += loss
                 loss_count += 1
