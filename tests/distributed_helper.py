@@ -69,7 +69,8 @@ def train(out: Path, args: list[str], fail: bool = False) -> int:
     def keeping_loop(state, *a, **k):
         real_loop(state, *a, **k)
         save_file({**{f"model.{k}": v.contiguous() for k, v in state.model.state_dict().items()},
-                   **{f"ema.{k}": v.contiguous() for k, v in state.ema.state_dict().items()}},
+                   **{f"ema.{k}": v.contiguous() for k, v in state.ema.state_dict().items()},
+                   **{f"objective.{k}": v.contiguous() for k, v in state.objective.state_dict().items()}},
                   str(out / f"rank{env.rank}.safetensors"))
 
     loop.train_step, loop._loop = recording_step, keeping_loop

@@ -68,12 +68,25 @@ def test_two_ranks_stay_identical_draw_apart_and_resume_exactly(tmp_path):
     assert _batches(split, 0) == _batches(full, 0) and _batches(split, 1) == _batches(full, 1)
 
 
+def test_the_loss_aware_sampler_learns_from_every_rank(tmp_path):
+    r = torchrun("train", str(tmp_path), "--out", str(tmp_path / "run"), "--steps", "3",
+                 "--timestep-sampler", "loss_aware", *TINY)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    seen = "objective.timestep_sampler.seen"
+    assert int(a[seen].sum()) == 3 * 8  # every step's whole global batch, not one rank's half
+    assert torch.equal(a[seen], b[seen])
+    assert torch.equal(a["objective.timestep_sampler.history"], b["objective.timestep_sampler.history"])
+
+
 def test_a_failing_rank_ends_the_job_quickly_with_its_error(tmp_path):
     start = time.perf_counter()
     r = torchrun("fail", str(tmp_path), "--out", str(tmp_path / "run"), "--steps", "50", *TINY, timeout=120)
     took = time.perf_counter() - start
     assert r.returncode != 0
     assert "rank 1 failed on purpose" in r.stderr
+    assert "error: rank 0 stopped because another process of the job failed" in r.stderr
+    assert "[rank0]: Traceback" not in r.stderr  # the survivor says so in one line
     assert took < 60, took
 
 

@@ -12,6 +12,7 @@ import sys
 import warnings
 
 from ddpm.errors import UserError
+from ddpm.training import distributed as dist
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"ddpm {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if not dist.peer_failed(e):
+            raise
+        rank = dist.DistEnv.from_environ().rank
+        print(f"ddpm {args.command}: error: rank {rank} stopped because another process of the job failed "
+              "(its error is above)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ddpm {args.command}: interrupted", file=sys.stderr)
         return 130

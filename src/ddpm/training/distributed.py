@@ -119,6 +119,19 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+# What the collectives raise when another process of the job is gone (gloo: the TCP pair closes; nccl: the
+# watchdog aborts the communicator).
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted",
+              "ProcessGroupNCCL")
+
+
+def peer_failed(error: BaseException) -> bool:
+    """Whether ``error`` is this process learning that another process of a torchrun job failed."""
+    if not DistEnv.from_environ().enabled:
+        return False
+    return isinstance(error, torch.distributed.DistError) or any(s in str(error) for s in _PEER_GONE)
+
+
 def teardown(env: DistEnv) -> None:
     if env.enabled and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
