@@ -209,3 +209,21 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
     assert r["kills"] == 2 and r["unreadable_checkpoints"] == 0 and r["failed_resumes"] == 0
     assert r["final_weights_equal"]
     assert not list((tmp_path / "killed").glob(".*.tmp")) and not (tmp_path / "killed" / ".lock").exists()
+
+
+def test_previews_use_20_calls_of_dpm_solver_and_say_so(tmp_path, monkeypatch):
+    from ddpm.pipeline import Run
+
+    calls = []
+    real = Run.sample
+
+    def counting(self, n, **kw):
+        calls.append(kw.get("sampling"))
+        return real(self, n, **kw)
+
+    monkeypatch.setattr(Run, "sample", counting)
+    cfg = tiny_config(steps=2, sample_every=2)
+    cfg.diffusion.timesteps = 50
+    train(cfg, tmp_path / "run", progress=False)
+    assert [p.name for p in (tmp_path / "run" / "samples").iterdir()] == ["step_0000002_dpmpp2m-20.png"]
+    assert calls and calls[0].sampler == "dpm++2m" and calls[0].steps == 20
