@@ -1,5 +1,6 @@
 """End to end: train a tiny model, resume it, sample; and the one-line errors for user mistakes."""
 
+import argparse
 import subprocess
 import sys
 
@@ -53,3 +54,36 @@ def test_impossible_image_size(tmp_path):
     cfg.write_text("[model]\nimage_size = [10, 10]\nchannel_mult = [1, 2, 2]\n")
     r = ddpm("train", "--config", cfg, "--out", tmp_path / "x")
     assert r.returncode == 2 and "not divisible" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_every_command_ends_its_help_with_examples_that_parse():
+    import shlex
+
+    from ddpm.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "\nexamples:\n" in text, name
+        examples = [line.strip() for line in text.split("\nexamples:\n")[1].splitlines() if line.strip()]
+        assert len(examples) >= 2, name
+        assert text.rstrip().endswith(examples[-1]), name  # the examples are the end of the help
+        for line in examples:
+            argv = shlex.split(line)
+            assert argv[0] == "ddpm", line
+            parser.parse_args(argv[1:])  # every flag in an example exists
+
+
+def test_quiet_silences_progress_messages_and_bars(tmp_path, capsys, monkeypatch):
+    from ddpm.cli import main
+    from ddpm.io import QUIET_ENV, progress_bar
+
+    monkeypatch.setenv(QUIET_ENV, "")  # so that teardown removes what ddpm -q sets
+    assert main(["forward", "--data", "digits", "--out", str(tmp_path / "a.png")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["forward", "--data", "digits", "--out", str(tmp_path / "b.png"), "-q"]) == 0
+    assert capsys.readouterr().out == "" and (tmp_path / "b.png").is_file()
+    assert progress_bar(range(3)).disable  # quiet
+    monkeypatch.delenv(QUIET_ENV)
+    assert progress_bar(range(3)).disable  # stderr is not a terminal under pytest

@@ -14,7 +14,7 @@ SRC = Path(ddpm.__file__).parent
 # Third-party modules a function may import where it needs them, and why.
 DEFERRED = {
     "triton": "optional: only on CUDA, for torch.compile",
-    "torch.utils.tensorboard": "optional: TensorBoard logs when it is installed",
+    "torch.utils.tensorboard": "optional: --logger tensorboard",
     "datasets": "optional: hf: data sets",
     "torch_fidelity": "the FID Inception network, only when asked for",
     "torchvision": "slow to import, and only downloads use it",
@@ -23,6 +23,7 @@ DEFERRED = {
     "sklearn": "slow to import, and only the digits use it",
     "gradio": "optional: the [demo] extra",
     "webdataset": "optional: the [shards] extra, for sets larger than memory",
+    "wandb": "optional: --logger wandb",
 }
 
 

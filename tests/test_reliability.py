@@ -182,3 +182,16 @@ def test_atomically_written_files_get_the_usual_permissions(tmp_path):
     (tmp_path / "plain.txt").write_text("x")
     write_text_atomic(tmp_path / "atomic.txt", "x")
     assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+
+
+@pytest.mark.parametrize("kind", ["tensorboard", "wandb"])
+def test_a_logger_whose_package_is_missing_is_one_line(tmp_path, kind):
+    pytest.importorskip("torch")
+    try:
+        __import__("torch.utils.tensorboard" if kind == "tensorboard" else "wandb")
+        pytest.skip(f"{kind} is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(UserError, match=f"--logger {kind} needs the {kind} package"):
+        train(tiny_config(logger=kind), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

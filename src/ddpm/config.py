@@ -39,6 +39,7 @@ PrecisionName = Literal[PRECISIONS]
 MemoryFormatName = Literal[MEMORY_FORMATS]
 CompileModeName = Literal[COMPILE_MODES]
 AdamWImplName = Literal[ADAMW_IMPLS]
+LoggerName = Literal["none", "tensorboard", "wandb"]
 # An option of the network itself (ddpm.models.layers reads the names from here).
 DOWNSAMPLE_PADDINGS = ("symmetric", "bottom_right")
 DownsamplePadding = Literal[DOWNSAMPLE_PADDINGS]
@@ -130,6 +131,8 @@ class TrainConfig:
                                              positive=True)
     seed: int = doc(0, "seed of every random draw of the run", min=0)
     log_every: int = doc(50, "steps between log lines", positive=True)
+    logger: LoggerName = doc("none", "also log to TensorBoard (RUN/tb) or Weights & Biases; log.jsonl and loss.png "
+                             "are always written")
     sample_every: int = doc(1000, "steps between sample grids (0: only at the end)", min=0)
     checkpoint_every: int = doc(1000, "steps between checkpoints", positive=True)
     num_sample_images: int = doc(64, "images in each sample grid", positive=True)

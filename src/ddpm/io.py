@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -19,8 +20,29 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
+from tqdm.auto import tqdm
 
 from ddpm.errors import UserError
+
+QUIET_ENV = "DDPM_QUIET"  # set (by ``ddpm -q``) to silence progress bars and progress messages
+
+
+def quiet() -> bool:
+    return bool(os.environ.get(QUIET_ENV))
+
+
+def progress_bar(iterable=None, *, disable: bool = False, **options):
+    """A tqdm progress bar (rate and ETA), off when asked, when ``ddpm -q`` runs, or when stderr is not a
+    terminal (a log file or a pipe would fill with carriage returns) unless in a Jupyter notebook."""
+    shown = sys.stderr.isatty() or "ipykernel" in sys.modules
+    return tqdm(iterable, disable=disable or quiet() or not shown, **options)
+
+
+def say(message: str) -> None:
+    """A progress message for people (``wrote ...``), which ``ddpm -q`` silences; results still print."""
+    if not quiet():
+        print(message)
+
 
 _UMASK = os.umask(0)  # read once (it can only be read by setting it) and put straight back
 os.umask(_UMASK)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 import warnings
 
 from ddpm.errors import UserError
+from ddpm.io import QUIET_ENV
 from ddpm.training import distributed as dist
 
 
@@ -27,8 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}").add_parser(sub)
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            before = set(sub.choices)
+            module.add_parser(sub)
+            for name in set(sub.choices) - before:
+                _common_manners(sub.choices[name], module.EXAMPLES)
     return parser
+
+
+def _common_manners(p: argparse.ArgumentParser, examples: str) -> None:
+    """What every sub-command has: examples at the end of its --help, and -q/--quiet."""
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "examples:\n" + "".join(f"  {line}\n" for line in examples.splitlines())
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars or progress messages (errors and warnings still print)")
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -38,6 +52,17 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning  # a warning is one line too, without the code that raised it
     args = build_parser().parse_args(argv)
+    was_quiet = os.environ.get(QUIET_ENV)
+    if args.quiet:  # read by ddpm.io.progress_bar and ddpm.io.say, here and in the processes this one starts
+        os.environ[QUIET_ENV] = "1"
+    try:
+        return _run(args)
+    finally:
+        if was_quiet is None:
+            os.environ.pop(QUIET_ENV, None)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args) or 0
     except UserError as e:

@@ -18,6 +18,12 @@ from __future__ import annotations
 import argparse
 
 from ddpm.convert import export_diffusers, import_diffusers
+from ddpm.io import say
+
+EXAMPLES = (
+    "ddpm convert --from-diffusers ddpm-cifar10-32 --out runs/ho-cifar10\n"
+    "ddpm convert --to-diffusers runs/digits --out diffusers/digits\n"
+)  # the end of --help
 
 
 def add_parser(sub) -> None:
@@ -33,8 +39,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.from_diffusers:
         out = import_diffusers(args.from_diffusers, args.out)
-        print(f"wrote run {out}; sample with: ddpm sample --checkpoint {out}")
+        say(f"wrote run {out}; sample with: ddpm sample --checkpoint {out}")
     else:
         out = export_diffusers(args.to_diffusers, args.out)
-        print(f"wrote diffusers DDPMPipeline folder {out}")
+        say(f"wrote diffusers DDPMPipeline folder {out}")
     return 0

@@ -15,6 +15,11 @@ from ddpm.demo.app import build, launch
 from ddpm.demo.handlers import Limits
 from ddpm.pipeline import load_run
 
+EXAMPLES = (
+    "ddpm demo --checkpoint runs/digits\n"
+    "ddpm demo --checkpoint runs/cdigits --host 0.0.0.0 --max-images 16\n"
+)  # the end of --help
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="a local web page to sample, watch the reverse process and interpolate",

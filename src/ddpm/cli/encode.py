@@ -33,6 +33,12 @@ DEFAULT_STEPS, DEFAULT_GRID = 100, "even"
 EXACT = RuntimeConfig(precision="fp32", memory_format="contiguous", compile="none")
 
 
+EXAMPLES = (
+    "ddpm encode --checkpoint runs/digits --data digits --n 8 --out encode/\n"
+    "ddpm encode --checkpoint runs/digits --image seven.png --steps 50 --out encode/\n"
+)  # the end of --help
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("encode", help="DDIM-invert images to x_T and reconstruct them", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="run folder (or its ema.safetensors)")

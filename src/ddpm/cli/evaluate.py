@@ -25,7 +25,7 @@ from ddpm.evaluation.features import EXTRACTORS, extract, make_extractor
 from ddpm.evaluation.reference import classifier_reference, reference_stats
 from ddpm.evaluation.report import SAMPLE_METRICS, check_sample_count, compute_metrics, format_table, parse_metrics
 from ddpm.evaluation.samples import generate_samples, load_samples
-from ddpm.io import write_text_atomic
+from ddpm.io import say, write_text_atomic
 from ddpm.pipeline import SamplingOptions, load_run
 from ddpm.training import distributed as dist
 
@@ -35,6 +35,13 @@ from ddpm.training import distributed as dist
 MODEL_METRICS = {"nll": "ddpm.evaluation.nll:evaluate_nll"}
 DEFAULT_METRICS = "fid,kid,precision_recall,is,confidence"
 DEFAULT_N = 1000
+
+
+EXAMPLES = (
+    "ddpm evaluate --checkpoint runs/digits\n"
+    "ddpm evaluate --checkpoint runs/digits --sampler dpm++2m --steps 20 --metrics fid,kid\n"
+    "ddpm evaluate --samples runs/digits/samples-seed0/samples.npz --reference digits\n"
+)  # the end of --help
 
 
 def add_parser(sub) -> None:
@@ -147,7 +154,7 @@ def _run(args, names, sample_names, model_fns, sampling: SamplingOptions, env: d
     src = report["source"].get("checkpoint") or report["source"]["samples"]
     print(format_table(rows, f"{src}: {n} samples vs {reference.name} ({len(reference)} images), "
                              f"{features_name} features"))
-    print(f"report written to {out}")
+    say(f"report written to {out}")
     return 0
 
 

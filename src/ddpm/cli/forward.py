@@ -18,8 +18,14 @@ from ddpm.config import DiffusionConfig
 from ddpm.data.datasets import DATASETS, load_dataset, to_unit_range
 from ddpm.data.folder import find_images, first_image_shape, load_image
 from ddpm.diffusion.schedule import make_schedule
+from ddpm.io import say
 from ddpm.viz.figures import resolve_steps
 from ddpm.viz.process import default_forward_steps, save_forward_strip
+
+EXAMPLES = (
+    "ddpm forward --data digits --out forward.png\n"
+    "ddpm forward --image photo.jpg --t 0,5,10,50,100,1000 --schedule cosine\n"
+)  # the end of --help
 
 
 def add_parser(sub) -> None:
@@ -70,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     title = f"q(x_t | x_0), {schedule_name} schedule, T = {T}"
     save_forward_strip(x0, schedule, steps, out, generator=g, title=title)
-    print(f"wrote {out} ({len(x0)} image(s) x steps {', '.join(map(str, steps))})")
+    say(f"wrote {out} ({len(x0)} image(s) x steps {', '.join(map(str, steps))})")
     return 0

@@ -33,8 +33,14 @@ from ddpm.cli._common import (
 from ddpm.data.datasets import load_dataset, to_unit_range
 from ddpm.data.folder import load_image
 from ddpm.errors import UserError
+from ddpm.io import say
 from ddpm.pipeline import SamplingOptions, interpolate_images, interpolate_seeds, load_run
 from ddpm.viz.figures import resolve_steps, save_labeled_grid
+
+EXAMPLES = (
+    "ddpm interpolate --checkpoint runs/digits --mode seeds\n"
+    "ddpm interpolate --checkpoint runs/digits --mode images --t 0,250,500,750,999\n"
+)  # the end of --help
 
 
 def add_parser(sub) -> None:
@@ -113,5 +119,5 @@ def run(args: argparse.Namespace) -> int:
         save_labeled_grid(cells, out, col_labels=[names[0]] + [f"λ={v}" for v in lam_labels] + [names[1]],
                           row_labels=[f"t={t}" for t in steps],
                           title="diffuse both to t with one noise, mix, denoise from t (Ho et al. Fig. 8)")
-    print(f"wrote {out}")
+    say(f"wrote {out}")
     return 0

@@ -4,10 +4,6 @@ Each image is fitted to --size (resized to cover, centre-cropped) and --channels
 a folder with one sub-folder per class keeps the labels. ``ddpm train --data SHARDS`` then streams the
 shards through DataLoader workers, each rank and worker reading its own shards, with memory that does not
 grow with the set. Needs the webdataset package (pip install 'ddpm[shards]').
-
-examples:
-  ddpm prepare-data ~/paintings --out shards/paintings --size 256
-  torchrun --nproc_per_node=8 -m ddpm train --data shards/paintings --preset ddpm-256 --out runs/paintings
 """
 
 from __future__ import annotations
@@ -19,6 +15,12 @@ from ddpm.cli._common import positive_int
 from ddpm.data.folder import find_images, first_image_shape
 from ddpm.data.shards import write_shards
 from ddpm.errors import UserError
+from ddpm.io import say
+
+EXAMPLES = (
+    "ddpm prepare-data ~/paintings --out shards/paintings --size 256\n"
+    "ddpm train --data shards/paintings --preset ddpm-256 --out runs/paintings\n"
+)  # the end of --help
 
 
 def add_parser(sub) -> None:
@@ -44,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
     meta = write_shards(args.source, args.out, (args.size, args.size), channels, shard_size=args.shard_size,
                         progress=not args.no_progress)
     labels = f", {len(meta['classes'])} classes" if meta["classes"] else ""
-    print(f"wrote {meta['count']} images ({args.size}x{args.size}x{channels}{labels}) in {len(meta['shards'])} "
+    say(f"wrote {meta['count']} images ({args.size}x{args.size}x{channels}{labels}) in {len(meta['shards'])} "
           f"shard(s) to {args.out}; train with: ddpm train --data {args.out}")
     return 0

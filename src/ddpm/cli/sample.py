@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ddpm.cli._common import (
     add_config_flags,
@@ -38,7 +37,7 @@ from ddpm.cli._common import (
     runtime_config,
 )
 from ddpm.errors import UserError
-from ddpm.io import save_npz_atomic, write_text_atomic
+from ddpm.io import progress_bar, save_npz_atomic, say, write_text_atomic
 from ddpm.models.classifier import load_noisy_classifier
 from ddpm.pipeline import GuidanceOptions, Run, SamplingOptions, load_run
 from ddpm.sampling.guidance import check_labels
@@ -47,6 +46,12 @@ from ddpm.training import distributed as dist
 from ddpm.viz.figures import resolve_steps
 from ddpm.viz.grid import save_grid, save_image, to_uint8
 from ddpm.viz.process import TrajectoryRecorder, nearest_on_grid
+
+EXAMPLES = (
+    "ddpm sample --checkpoint runs/digits --n 64\n"
+    "ddpm sample --checkpoint runs/digits --sampler dpm++2m --steps 20 --trajectory\n"
+    "ddpm sample --checkpoint runs/cdigits --classes all --guidance 3\n"
+)  # the end of --help
 
 
 def add_parser(sub) -> None:
@@ -96,7 +101,7 @@ def _run(args: argparse.Namespace, sampling: SamplingOptions, env: dist.DistEnv,
     recorder, grid = _trajectory_recorder(args, run_, sampling) if wants_trajectory else (None, None)
     batches = [np.zeros((0, *run_.shape[1:], run_.shape[0]), np.uint8)]
     mine = dist.shard(args.n, env)
-    for start in tqdm(range(mine.start, mine.stop, args.batch_size), desc="batches", unit="batch",
+    for start in progress_bar(range(mine.start, mine.stop, args.batch_size), desc="batches", unit="batch",
                       disable=not env.is_main):
         count = min(args.batch_size, mine.stop - start)
         gens = seed_generators(range(args.seed + start, args.seed + start + count))
@@ -105,7 +110,7 @@ def _run(args: argparse.Namespace, sampling: SamplingOptions, env: dist.DistEnv,
                         callback=recorder if start == 0 else None)
         if recorder is not None and start == 0:
             for path in recorder.save(x, out / "trajectory.png", out / "trajectory.gif"):
-                print(f"wrote {path}")
+                say(f"wrote {path}")
         batches.append(to_uint8(x))
     images = dist.gather_shards(torch.from_numpy(np.concatenate(batches)), args.n, env).numpy()
     if not env.is_main:
@@ -116,7 +121,7 @@ def _run(args: argparse.Namespace, sampling: SamplingOptions, env: dist.DistEnv,
     if labels is not None:
         write_text_atomic(out / "labels.json", json.dumps(labels.tolist()) + "\n")
     save_npz_atomic(out / "samples.npz", images)
-    print(f"wrote {len(images)} samples to {out} (grid.png, sample_*.png, samples.npz)")
+    say(f"wrote {len(images)} samples to {out} (grid.png, sample_*.png, samples.npz)")
     return 0
 
 

@@ -12,7 +12,13 @@ import argparse
 from ddpm.cli._common import add_config_flags, picture_path
 from ddpm.config import DiffusionConfig
 from ddpm.errors import UserError
+from ddpm.io import say
 from ddpm.viz.plots import plot_schedules, schedule_table
+
+EXAMPLES = (
+    "ddpm schedule\n"
+    "ddpm schedule --timesteps 4000 --plot --out schedule.png\n"
+)  # the end of --help
 
 
 def add_parser(sub) -> None:
@@ -31,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
     print(schedule_table(T))
     if args.plot:
         out = plot_schedules(picture_path(args.out, "schedule.png"), T)
-        print(f"wrote {out}")
+        say(f"wrote {out}")
     return 0

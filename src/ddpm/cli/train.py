@@ -26,12 +26,20 @@ from ddpm.config import (
 from ddpm.data.datasets import load_dataset
 from ddpm.data.shards import is_shard_folder, read_meta
 from ddpm.errors import UserError
+from ddpm.io import say
 from ddpm.presets import make_config, preset_for_data
 from ddpm.training.distributed import DistEnv
 from ddpm.training.loop import train
 
 # The config sections a flag may set, in the order the help lists them.
 SECTIONS = {"train": TrainConfig, "diffusion": DiffusionConfig, "model": ModelConfig, "runtime": RuntimeConfig}
+
+
+EXAMPLES = (
+    "ddpm train\n"
+    "ddpm train --data ~/photos --preset 64 --steps 50000 --out runs/photos\n"
+    "ddpm train --out runs/photos --resume\n"
+)  # the end of --help
 
 
 def add_parser(sub) -> None:
@@ -92,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--p-uncond applies to a class-conditional model; add --conditional")
     out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, data=data)
     if DistEnv.from_environ().is_main:  # under torchrun, once
-        print(f"run saved to {out}; sample with: ddpm sample --checkpoint {out}")
+        say(f"run saved to {out}; sample with: ddpm sample --checkpoint {out}")
     return 0
 
 

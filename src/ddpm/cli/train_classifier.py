@@ -28,6 +28,12 @@ NOISY_ONLY = ("schedule", "timesteps", "base_channels")
 CLEAN_ONLY = ("feature_dim",)
 
 
+EXAMPLES = (
+    "ddpm train-classifier --data digits --out classifiers/digits\n"
+    "ddpm train-classifier --noisy --data digits --out classifiers/noisy\n"
+)  # the end of --help
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("train-classifier", help="train a classifier for classifier-feature metrics",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from ddpm.data.transforms import IMAGE_EXTENSIONS, fit_image
 from ddpm.errors import UserError
+from ddpm.io import progress_bar
 
 # Decoding errors PIL raises for truncated, corrupt or foreign files.
 _BAD_IMAGE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -43,7 +43,7 @@ def _decode(paths, image_size, channels, skip_bad_images, where):
     """uint8 (N, H, W, C) of the readable images and the list of skipped files."""
     out = np.empty((len(paths), *image_size, channels), dtype=np.uint8)
     keep, skipped = [], []
-    for i, p in enumerate(tqdm(paths, desc="decoding", unit="img", leave=False, disable=len(paths) < 2000)):
+    for i, p in enumerate(progress_bar(paths, desc="decoding", unit="img", leave=False, disable=len(paths) < 2000)):
         try:
             with Image.open(p) as img:
                 if img.format == "JPEG":
@@ -113,7 +113,7 @@ def load_hf(spec: str, image_size, channels, skip_bad_images: bool = False):
         channels = channels or (1 if img0.mode in ("1", "L", "LA") else 3)
     out = np.empty((len(ds), *image_size, channels), dtype=np.uint8)
     keep, skipped = [], []
-    for i in tqdm(range(len(ds)), desc="decoding", unit="img", leave=False, disable=len(ds) < 2000):
+    for i in progress_bar(range(len(ds)), desc="decoding", unit="img", leave=False, disable=len(ds) < 2000):
         try:
             out[i] = fit_image(ds[i][image_col], tuple(image_size), channels)
             keep.append(i)

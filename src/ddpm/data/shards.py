@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ddpm.data.folder import _BAD_IMAGE, find_images
 from ddpm.data.transforms import check_target, fit_image
 from ddpm.errors import UserError
-from ddpm.io import write_text_atomic
+from ddpm.io import progress_bar, write_text_atomic
 
 META = "shards.json"
 
@@ -74,7 +73,7 @@ def write_shards(source: str | Path, out: str | Path, image_size: tuple[int, int
 def _write(wds, paths, tops, classes, out: Path, image_size, channels: int, shard_size: int, progress: bool):
     index = {c: i for i, c in enumerate(classes or [])}
     names, writer = [], None
-    for i, p in enumerate(tqdm(paths, desc="writing shards", unit="img", disable=not progress)):
+    for i, p in enumerate(progress_bar(paths, desc="writing shards", unit="img", disable=not progress)):
         if i % shard_size == 0:
             if writer is not None:
                 writer.close()

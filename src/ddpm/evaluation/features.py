@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ddpm.errors import UserError
+from ddpm.io import progress_bar
 from ddpm.models.classifier import Classifier, load_classifier
 
 EXTRACTORS = ("inception", "classifier")
@@ -184,7 +184,7 @@ def extract(extractor: FeatureExtractor, images: torch.Tensor, *, batch_size: in
     extractor.check(tuple(images.shape[1:]))
     device = device if device is not None else extractor.device
     feats, logits = [], []
-    for xb in tqdm(images.split(batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+    for xb in progress_bar(images.split(batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
         f, lg = extractor(xb.to(device))
         feats.append(f.float().cpu())
         logits.append(lg.float().cpu())

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm.auto import tqdm
 
 from ddpm.diffusion.likelihood import p_mean_variance, prior_bpd, quantize, vb_terms_bpd
 from ddpm.diffusion.process import q_sample
 from ddpm.errors import UserError
+from ddpm.io import progress_bar
 from ddpm.sampling.noise import randn
 
 
@@ -59,7 +59,7 @@ def evaluate_nll(run, dataset, n: int | None = None, batch_size: int = 256, gene
     was_training = model.training
     model.eval()
     batches = range(0, len(images), batch_size)
-    bar = tqdm(total=len(batches) * T, desc="nll", unit="step", disable=not progress, leave=False)
+    bar = progress_bar(total=len(batches) * T, desc="nll", unit="step", disable=not progress, leave=False)
     for start in batches:
         x0 = quantize(images[start:start + batch_size].to(device).float())
         b = len(x0)

@@ -25,7 +25,7 @@ from ddpm.data.datasets import ImageDataset
 from ddpm.evaluation.classifier import ClassifierTrainConfig, train_classifier
 from ddpm.evaluation.features import ClassifierExtractor, FeatureExtractor, extract
 from ddpm.evaluation.metrics import FidReference
-from ddpm.io import atomic_write
+from ddpm.io import atomic_write, say
 from ddpm.models.classifier import Classifier, load_classifier, save_classifier
 
 CACHE_ENV = "DDPM_CACHE"
@@ -94,7 +94,7 @@ def cached_classifier(data: ImageDataset, *, cfg: ClassifierTrainConfig | None =
         model, info = load_classifier(folder, device)
         return model, info, folder
     if progress:
-        print(f"training a {data.name} classifier for the features (once; cached in {folder})")
+        say(f"training a {data.name} classifier for the features (once; cached in {folder})")
     model, info = train_classifier(data, cfg, progress=progress)
     save_classifier(model, folder, info)
     return model.to(device), info, folder

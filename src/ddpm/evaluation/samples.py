@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ddpm.data.datasets import to_unit_range
 from ddpm.errors import UserError
+from ddpm.io import progress_bar
 from ddpm.pipeline import Run
 from ddpm.sampling.noise import seed_generators
 from ddpm.training import distributed as dist
@@ -27,7 +27,7 @@ def generate_samples(run: Run, n: int, *, seed: int = 0, batch_size: int = 256, 
     env = dist.DistEnv.from_environ()
     mine = dist.shard(n, env)
     out = [torch.zeros((0, *run.shape))]
-    for start in tqdm(range(mine.start, mine.stop, batch_size), desc="generating", unit="batch",
+    for start in progress_bar(range(mine.start, mine.stop, batch_size), desc="generating", unit="batch",
                       disable=not progress or not env.is_main):
         count = min(batch_size, mine.stop - start)
         gens = seed_generators(range(seed + start, seed + start + count))

@@ -19,14 +19,13 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ddpm import runtime as rt
 from ddpm.checkpoint import load_ema
 from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, RuntimeConfig, update
 from ddpm.diffusion.schedule import Schedule, make_schedule
 from ddpm.errors import UserError
-from ddpm.io import resolve_device, same_device
+from ddpm.io import progress_bar, resolve_device, same_device
 from ddpm.models.unet import UNet
 from ddpm.pipeline.options import GuidanceOptions, SamplingOptions
 from ddpm.sampling import SAMPLERS, Step
@@ -142,7 +141,7 @@ class Run:
         steps = self.steps(n, generator=generator, **options)
         x = None
         try:
-            for step in tqdm(steps, desc=steps.desc, disable=not progress, leave=False):
+            for step in progress_bar(steps, desc=steps.desc, disable=not progress, leave=False):
                 if callback is not None:
                     callback(step)
                 x = step.x_next

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Callable, Iterator, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ddpm.diffusion.schedule import Schedule
+from ddpm.io import progress_bar
 from ddpm.sampling.noise import Generators, randn
 from ddpm.sampling.steps import Step, grid_or_full, run
 
@@ -90,7 +90,7 @@ def ddim_invert(
     abars = schedule.host.alphas_cumprod
     x = x0
     abar_from = 1.0
-    for i, t in enumerate(tqdm(ascending, desc="ddim inversion", disable=not progress, leave=False)):
+    for i, t in enumerate(progress_bar(ascending, desc="ddim inversion", disable=not progress, leave=False)):
         pred = denoise(x, t)
         # eps_hat is consistent with the x0_hat at x's own noise level abar_from, not at t's.
         x0_hat = (x - (1.0 - abar_from) ** 0.5 * pred.eps) / abar_from**0.5

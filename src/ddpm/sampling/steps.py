@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ddpm.diffusion.schedule import Schedule
+from ddpm.io import progress_bar
 from ddpm.sampling.denoiser import Prediction
 from ddpm.sampling.grids import timestep_grid
 
@@ -49,7 +49,7 @@ def run(steps: Callable[..., Iterator[Step]], denoise, x_T: torch.Tensor, schedu
     """Run the sampler ``steps`` to the end and return the sample; ``callback(step)`` sees every ``Step``."""
     grid = grid_or_full(schedule, timesteps)
     x = x_T
-    for step in tqdm(steps(denoise, x_T, schedule, grid, **options), total=len(grid), desc=desc,
+    for step in progress_bar(steps(denoise, x_T, schedule, grid, **options), total=len(grid), desc=desc,
                      disable=not progress, leave=False):
         if callback is not None:
             callback(step)

@@ -8,9 +8,9 @@ from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ddpm.errors import UserError
+from ddpm.io import progress_bar
 from ddpm.training.step import optimizer_step
 
 
@@ -37,7 +37,7 @@ def fit(model: nn.Module, batch_loss: Callable[[torch.Tensor], torch.Tensor], nu
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=warmup)
     model.train()
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress)
+    bar = progress_bar(range(epochs), desc=desc, unit="epoch", disable=not progress)
     for _ in bar:
         perm = torch.randperm(num_train, generator=generator)
         loss_sum = torch.zeros((), device=next(model.parameters()).device)

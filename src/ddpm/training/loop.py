@@ -8,6 +8,7 @@ checkpoint I/O from ``ddpm.checkpoint``; the preview grids from ``ddpm.pipeline`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import signal
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ddpm import checkpoint as ckpt
 from ddpm import runtime as rt
@@ -25,7 +25,7 @@ from ddpm.data import shards
 from ddpm.data.datasets import ImageDataset, load_dataset
 from ddpm.data.transforms import compact, expand, random_hflip
 from ddpm.errors import UserError
-from ddpm.io import pid_lock, write_text_atomic
+from ddpm.io import pid_lock, progress_bar, say, write_text_atomic
 from ddpm.models.unet import check_model_config
 from ddpm.pipeline import Run, SamplingOptions, build_model, build_schedule
 from ddpm.training import distributed as dist
@@ -101,21 +101,32 @@ def _streamed_batches(cfg: RunConfig, env: dist.DistEnv, device: torch.device, p
     return batch
 
 
-class _Logger:
-    """JSONL log (and TensorBoard when installed), on the main rank only."""
+def _run_id(run_dir: Path) -> str:
+    return "ddpm-" + hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
 
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.enabled = enabled
-        self.tb = None
+
+class _Logger:
+    """log.jsonl, and TensorBoard or Weights & Biases when asked for (``TrainConfig.logger``), on rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool, cfg: RunConfig):
+        self.enabled, self.tb, self.wandb = enabled, None, None
         if not enabled:
             return
-        self.file = open(run_dir / "log.jsonl", "a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
+        kind = cfg.train.logger
+        if kind == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--logger tensorboard needs the tensorboard package: pip install tensorboard") from None
             self.tb = SummaryWriter(str(run_dir / "tb"))
-        except ImportError:
-            pass
+        elif kind == "wandb":
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("--logger wandb needs the wandb package (pip install wandb)") from None
+            self.wandb = wandb.init(project="ddpm", name=run_dir.name, dir=str(run_dir), config=cfg.to_dict(),
+                                    id=_run_id(run_dir), resume="allow")  # a resumed run continues its curves
+        self.file = open(run_dir / "log.jsonl", "a")
 
     def log(self, step: int, **values) -> None:
         if not self.enabled:
@@ -125,12 +136,16 @@ class _Logger:
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
 
     def close(self) -> None:
         if self.enabled:
             self.file.close()
             if self.tb is not None:
                 self.tb.close()
+            if self.wandb is not None:
+                self.wandb.finish()
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: ImageDataset | None = None,
@@ -176,11 +191,11 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     batches = (_streamed_batches(cfg, env, device, per_rank, state.step) if streamed
                else _memory_batches(data, cfg, device, per_rank, state.generator))
     if env.enabled and env.is_main:
-        print(f"training on {env.world_size} processes: {per_rank} images each per step (batch {tc.batch_size})")
+        say(f"training on {env.world_size} processes: {per_rank} images each per step (batch {tc.batch_size})")
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / ckpt.CONFIG, cfg.to_json() + "\n")
-    logger = _Logger(run_dir, env.is_main)
+    logger = _Logger(run_dir, env.is_main, cfg)
     # Previews run the EMA model where it is, with the training runtime's precision and layout, uncompiled.
     preview_runtime = RuntimeConfig("auto", options.precision, options.memory_format, "none")
     # A glance, not a measurement: 20 calls of DPM-Solver++(2M) instead of T of Algorithm 2, named in the file.
@@ -322,7 +337,7 @@ def _loop(state: TrainState, batches, logger: "_Logger", save, preview, *, progr
     loss_sum = torch.zeros((), device=next(state.model.parameters()).device)
     loss_count = 0
     t_start, step_start = time.perf_counter(), state.step
-    bar = tqdm(total=tc.steps, initial=state.step, desc="training", disable=not progress, unit="step",
+    bar = progress_bar(total=tc.steps, initial=state.step, desc="training", disable=not progress, unit="step",
                dynamic_ncols=True)
     state.model.train()
     try:
