@@ -195,3 +195,31 @@ def test_a_logger_whose_package_is_missing_is_one_line(tmp_path, kind):
     with pytest.raises(UserError, match=f"--logger {kind} needs the {kind} package"):
         train(tiny_config(logger=kind), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_skipped_steps_do_not_poison_the_loss_aware_sampler_or_the_logs(tmp_path):
+    cfg = tiny_config(steps=6, batch_size=4, log_every=1)
+    cfg.diffusion.timestep_sampler = "loss_aware"
+    train(cfg, tmp_path / "run", data=_digits(poison=slice(0, 300)), progress=False)
+    state = load_training_state(tmp_path / "run")
+    assert int(state["extra"]["skipped_steps"]) > 0
+    history = state["extra"]["timestep_sampler.history"]
+    assert torch.isfinite(history).all()
+    for record in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()):
+        assert all(math.isfinite(v) for k, v in record.items() if k.startswith("loss")), record
+
+
+def test_a_run_that_fails_after_logging_keeps_its_folder(tmp_path):
+    with pytest.raises(NonFiniteError):
+        train(tiny_config(steps=40, max_nonfinite_steps=3, log_every=1, checkpoint_every=100), tmp_path / "run",
+              data=_digits(poison=slice(None)), progress=False)
+    assert (tmp_path / "run" / "log.jsonl").stat().st_size > 0  # what it logged is kept for the post-mortem
+
+
+def test_a_config_saved_before_flip_existed_does_not_start_flipping():
+    from ddpm.config import RunConfig, flips
+
+    d = tiny_config().to_dict()
+    d["train"]["data"] = "cifar10"
+    del d["train"]["flip"]
+    assert not flips(RunConfig.from_dict(d).train)

@@ -129,7 +129,7 @@ class TrainConfig:
     ema_half_life_images: float | None = doc(None, "set the EMA by its half-life in training images instead of "
                                              "--ema-decay (the same average at any batch size or GPU count)",
                                              positive=True)
-    seed: int = doc(0, "seed of every random draw of the run", min=0)
+    seed: int = doc(0, "seed of every random draw of the run")
     log_every: int = doc(50, "steps between log lines", positive=True)
     logger: LoggerName = doc("none", "also log to TensorBoard (RUN/tb) or Weights & Biases; log.jsonl and loss.png "
                              "are always written")
@@ -174,7 +174,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        return build(cls, _upgrade(d), "config")
+        """A saved run's config. One saved before ``flip`` existed never flipped: it must not start on resume."""
+        d = _upgrade(d)
+        if isinstance(d, dict) and isinstance(d.get("train"), dict) and "flip" not in d["train"]:
+            d = {**d, "train": {**d["train"], "flip": False}}
+        return build(cls, d, "config")
 
 
 def _upgrade(d: dict[str, Any]) -> dict[str, Any]:

@@ -76,8 +76,9 @@ def _run(args: argparse.Namespace) -> int:
         if not dist.peer_failed(e):
             raise
         rank = dist.DistEnv.from_environ().rank
-        print(f"ddpm {args.command}: error: rank {rank} stopped because another process of the job failed "
-              "(its error is above)", file=sys.stderr)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        print(f"ddpm {args.command}: error: rank {rank} stopped: a collective failed, most likely because another "
+              f"process of the job failed (see its error): {first}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"ddpm {args.command}: interrupted", file=sys.stderr)

@@ -108,6 +108,14 @@ def _make_conditional(cfg: RunConfig):
     """Set ``num_classes`` from the data set (loaded once here and handed to the loop); an unlabelled set
     is a one-line error."""
     tc = cfg.train
+    if is_shard_folder(tc.data):  # streamed: the classes come from the shards' metadata
+        classes = read_meta(tc.data).get("classes")
+        if not classes:
+            raise UserError(f"--conditional needs labelled shards; {tc.data} has no classes")
+        if cfg.model.num_classes not in (None, len(classes)):
+            raise UserError(f"the run has {cfg.model.num_classes} classes, the shards in {tc.data} {len(classes)}")
+        cfg.model.num_classes = len(classes)
+        return None
     data = load_dataset(tc.data, tc.data_dir, image_size=cfg.model.image_size, channels=cfg.model.in_channels,
                         skip_bad_images=tc.skip_bad_images)
     if data.labels is None or not data.num_classes:

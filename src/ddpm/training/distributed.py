@@ -73,6 +73,18 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
     return bool(t.item())
 
 
+def all_true_fn(env: DistEnv):
+    """A function telling whether a bool tensor is True on every rank (identity in a single process)."""
+    if not env.enabled:
+        return lambda flag: flag
+
+    def all_true(flag: torch.Tensor) -> torch.Tensor:
+        t = flag.to(device=_collective_device(), dtype=torch.int32)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return t.to(flag.device).bool()
+    return all_true
+
+
 def gather_fn(env: DistEnv):
     """A function concatenating a tensor over all ranks (identity in a single process)."""
     if not env.enabled:
@@ -105,11 +117,17 @@ def gather_shards(x: torch.Tensor, n: int, env: DistEnv) -> torch.Tensor:
         return x
     k = -(-n // env.world_size)
     device = _collective_device()
-    padded = torch.zeros((k, *x.shape[1:]), dtype=x.dtype, device=device)
-    padded[: len(x)] = x.to(device)
-    parts = [torch.empty_like(padded) for _ in range(env.world_size)]
-    torch.distributed.all_gather(parts, padded)
-    return torch.cat(parts)[:n].cpu()
+    rows = max(1, (1 << 27) // max(1, x[0].numel() * x.element_size()) if len(x) else k)  # ~128 MB a round
+    per_rank = [[] for _ in range(env.world_size)]
+    for start in range(0, k, rows):  # in rounds, so a GPU never holds the whole set
+        chunk = torch.zeros((min(rows, k - start), *x.shape[1:]), dtype=x.dtype, device=device)
+        mine = x[start:start + len(chunk)]
+        chunk[: len(mine)] = mine.to(device)
+        parts = [torch.empty_like(chunk) for _ in range(env.world_size)]
+        torch.distributed.all_gather(parts, chunk)
+        for r, part in enumerate(parts):
+            per_rank[r].append(part.cpu())
+    return torch.cat([torch.cat(p) for p in per_rank])[:n]
 
 
 def _collective_device() -> torch.device:

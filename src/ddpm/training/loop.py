@@ -89,10 +89,11 @@ def _streamed_batches(cfg: RunConfig, env: dist.DistEnv, device: torch.device, p
     reads its own shards). A resumed run starts a fresh shuffle at the epoch it had reached."""
     tc = cfg.train
     meta = shards.read_meta(tc.data)
+    workers = min(tc.data_workers, len(meta["shards"]) // env.world_size)  # no more workers than shards to read
     stream = shards.ShardStream(tc.data, seed=tc.seed, rank=env.rank, world_size=env.world_size,
-                                start_epoch=step * tc.batch_size // meta["count"], workers=tc.data_workers)
-    loader = torch.utils.data.DataLoader(stream, batch_size=per_rank, num_workers=tc.data_workers,
-                                         pin_memory=device.type == "cuda", persistent_workers=tc.data_workers > 0)
+                                start_epoch=step * tc.batch_size // meta["count"], workers=workers)
+    loader = torch.utils.data.DataLoader(stream, batch_size=per_rank, num_workers=workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     it = iter(loader)
 
     def batch():
@@ -162,7 +163,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, data: Im
             return _train(cfg, run_dir, env, resume=resume, data=data, progress=progress)
     except BaseException:
         # A run that failed before its first checkpoint (bad data, a bad setting) leaves no folder behind.
-        if created and env.is_main and run_dir.is_dir() and not (run_dir / ckpt.CHECKPOINT).exists():
+        if created and env.is_main and _nothing_recorded(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -239,6 +240,14 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     return run_dir
 
 
+def _nothing_recorded(run_dir: Path) -> bool:
+    """Whether a run folder holds only what a run writes before its first log line (its config, the lock)."""
+    if not run_dir.is_dir():
+        return False
+    return all(p.name in (ckpt.CONFIG, LOCK) or (p.name == "log.jsonl" and p.stat().st_size == 0)
+               for p in run_dir.iterdir())
+
+
 class _Signals:
     """SIGINT (Ctrl-C) and SIGTERM (what SLURM and Kubernetes send before they kill) both stop training: the
     signal only marks the stop, and the loop stops at the end of the step under way, saves a checkpoint and
@@ -308,7 +317,7 @@ def _train_state(cfg: RunConfig, options: rt.Resolved, env: dist.DistEnv, saved:
     objective.gather = dist.gather_fn(env)  # the loss-aware t sampler learns from every rank's losses
     return TrainState(network, model, ema, optimizer, objective, gen, tc, null_label=cfg.model.num_classes,
                       step=step, scaler=scaler, skipped=skipped, rank=env.rank,
-                      no_sync=getattr(wrapped, "no_sync", contextlib.nullcontext))
+                      no_sync=getattr(wrapped, "no_sync", contextlib.nullcontext), all_ranks=dist.all_true_fn(env))
 
 
 def _extra_state(state: TrainState) -> dict[str, torch.Tensor]:

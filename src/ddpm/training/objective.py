@@ -43,9 +43,12 @@ class QuartileMeter:
     @torch.no_grad()
     def add(self, t: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         q = (t * 4) // self.num_timesteps
+        # An example whose terms are not finite (a step about to be skipped) is left out, without a sync.
+        ok = torch.stack([torch.isfinite(v.detach()) for v in terms.values()]).all(0)
         for k, v in terms.items():
-            self.sums.setdefault(k, torch.zeros(4, device=self.device)).index_add_(0, q, v.detach().float())
-        self.count.index_add_(0, q, torch.ones_like(t, dtype=torch.float32))
+            self.sums.setdefault(k, torch.zeros(4, device=self.device)).index_add_(
+                0, q, torch.where(ok, v.detach().float(), 0.0))
+        self.count.index_add_(0, q, ok.float())
 
     def pop(self) -> dict[str, float]:
         """``{"loss_q0": ..., "mse_q3": ...}`` for quartiles that saw an example; then reset."""
@@ -81,7 +84,9 @@ class Objective:
         terms = self.loss_fn(model, self.schedule, x0, t, noise, prediction=self.cfg.prediction,
                              variance=self.cfg.variance, y=y)
         if self.cfg.timestep_sampler == "loss_aware":  # under torchrun, from every rank's losses
-            self.sampler.update(self.gather(t), self.gather(terms["loss"].detach()))
+            t_all, loss_all = self.gather(t), self.gather(terms["loss"].detach())
+            ok = torch.isfinite(loss_all)  # a NaN in the history would make every later weight NaN
+            self.sampler.update(t_all[ok], loss_all[ok])
         else:
             self.sampler.update(t, terms["loss"])
         shown = {k: v for k, v in terms.items() if not (k == "mse" and self.cfg.loss == "simple")}

@@ -59,6 +59,13 @@ def backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None = None) -> 
     (loss if scaler is None else scaler.scale(loss)).backward()
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The gradients' global L2 norm, without a sync (``torch.nn.utils.get_total_norm`` needs torch 2.6)."""
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
 def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, loss_finite: torch.Tensor, *,
                     grad_clip: float = 0.0, ema: nn.Module | None = None, ema_decay: float = 0.0,
                     scaler: torch.amp.GradScaler | None = None, foreach: bool = True) -> bool:
@@ -82,7 +89,7 @@ def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fin
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         # One foreach kernel for the norm and, when clipping, one for the scaling (``foreach``: the device has them).
         norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=foreach) if grad_clip > 0
-                else torch.nn.utils.get_total_norm(grads, foreach=foreach))
+                else _total_norm(grads))
         finite = finite & torch.isfinite(norm)
     elif grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=foreach)
@@ -124,6 +131,8 @@ class TrainState:
     skipped_in_row: int = 0  # of which the latest, in a row (0: the last step was taken)
     rank: int = 0  # this process's rank under torchrun: its draws differ from every other rank's
     no_sync: Callable[[], ContextManager] = contextlib.nullcontext  # DDP's: no all-reduce on accumulation rounds
+    # Under torchrun, True on every rank only if it is on all (so all ranks skip the same steps).
+    all_ranks: Callable[[torch.Tensor], torch.Tensor] = lambda flag: flag
 
     def __post_init__(self):
         # Whether the weights' device has foreach kernels for the gradient clip: decided once, not per step.
@@ -184,9 +193,10 @@ def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = Non
         group["lr"] = lr_at(state.step, tc)
     state.optimizer.zero_grad(set_to_none=True)
     loss = accumulate_gradients(state, x0, t, noise, weights, y)
-    taken = apply_gradients(state.model, state.optimizer, torch.isfinite(loss), grad_clip=tc.grad_clip,
-                            ema=state.ema, ema_decay=ema_decay_at(state.step, ema_decay_of(tc)),
-                            scaler=state.scaler, foreach=state.foreach)
+    finite = state.all_ranks(torch.isfinite(loss))
+    taken = apply_gradients(state.model, state.optimizer, finite, grad_clip=tc.grad_clip, ema=state.ema,
+                            ema_decay=ema_decay_at(state.step, ema_decay_of(tc)), scaler=state.scaler,
+                            foreach=state.foreach)
     state.step += 1  # a skipped step still counts: its draws were made, so a resume replays the same run
     state.skipped_in_row = 0 if taken else state.skipped_in_row + 1
     state.skipped += not taken
