@@ -48,6 +48,7 @@ import dataclasses
 import json
 import platform
 import statistics
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -467,11 +468,14 @@ def main(argv=None) -> dict:
             if "diffusers" in args.peers else None
         row["train_share_bf16_peak"] = row["train_gflops"] / peak["bf16"]
         row["sample_share_bf16_peak"] = row["sample_gflops"] / peak["bf16"]
+        row["train_share_fp32_peak"] = row["train_gflops"] / peak["fp32"]
+        row["sample_share_fp32_peak"] = row["sample_gflops"] / peak["fp32"]
         if base is not None:
             row["train_vs_diffusers"] = row["train_images_per_s"] / base["train_images_per_s"]
             row["sample_vs_diffusers"] = row["sample_evals_per_s"] / base["sample_evals_per_s"]
     result = {
-        "device": describe(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "clock": args.clock,
+        "device": describe(device), "cpu": cpu_info(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "clock": args.clock,
         "seconds": args.seconds, "rounds": args.rounds, "peak_gflops": peak,
         "peak_rounds": {k: rates[f"peak {k}"] for k in peaks}, "rows": table,
     }
@@ -479,6 +483,27 @@ def main(argv=None) -> dict:
     (out / "speed.md").write_text(to_markdown(result))
     print(to_markdown(result))
     return result
+
+
+def cpu_info() -> dict:
+    """The CPU's model and flags as lscpu reports them (/proc/cpuinfo where lscpu is missing), so every
+    figure says which machine it comes from."""
+    fields = {}
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except (OSError, subprocess.CalledProcessError):
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                key, _, value = line.partition(":")
+                fields.setdefault({"model name": "Model name", "flags": "Flags"}.get(key.strip(), key.strip()),
+                                  value.strip())
+        except OSError:
+            pass
+    return {"model": fields.get("Model name", platform.processor() or platform.machine()),
+            "cores": fields.get("CPU(s)"), "flags": fields.get("Flags", "").split()}
 
 
 def describe(device) -> str:
@@ -489,11 +514,20 @@ def describe(device) -> str:
     return f"CPU {platform.processor() or platform.machine()} ({', '.join(flags) or 'no native bf16'})"
 
 
+def _cpu_line(cpu: dict | None) -> list[str]:
+    """The lscpu model and the flags that decide the fast paths (AVX-512, bf16, AMX), for the page."""
+    if not cpu:
+        return []
+    wanted = [f for f in cpu["flags"] if f.startswith(("avx512f", "avx512_bf16", "amx", "avx2", "fma"))]
+    return [f"CPU: {cpu['model']}, {cpu.get('cores')} logical CPUs; flags: {' '.join(wanted) or 'none of note'} "
+            "(all of lscpu's flags are in speed.json).", ""]
+
+
 def to_markdown(r: dict) -> str:
     peak = r["peak_gflops"]
     clock = "elapsed time" if r.get("clock", "wall") == "wall" else "CPU time of one thread"
     lines = [f"# Speed: {r['device']}, torch {r['torch']}, {r['threads']} threads, {clock}",
-             "", f"Matmul peak (median of {r['rounds']} interleaved rounds): fp32 {peak['fp32']:.0f} GFLOP/s, "
+             "", *_cpu_line(r.get("cpu")), f"Matmul peak (median of {r['rounds']} interleaved rounds): fp32 {peak['fp32']:.0f} GFLOP/s, "
              f"bf16 {peak['bf16']:.0f} GFLOP/s. Medians of {r['rounds']} rounds of {r['seconds'] / r['rounds']:.1f} s.",
              "", "| preset | model | config | precision | params | GFLOP/img fwd | FLOPs vs ours | train img/s "
              "| train GFLOP/s | % bf16 peak | vs diffusers | sample evals/s | sample GFLOP/s | % bf16 peak "

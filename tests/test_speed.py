@@ -213,3 +213,18 @@ def test_upsample_benchmark_compares_the_same_function_both_ways():
     result = module.main(["--preset", "digits", "--seconds", "0.05", "--rounds", "1"])
     assert set(result) == {"train", "sample"}
     assert all(r["ours"] > 0 and r["resize+conv"] > 0 and len(r["round_ratios"]) == 1 for r in result.values())
+
+
+def test_the_speed_benchmark_records_the_cpu_it_ran_on():
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("speed_bench", REPO / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    cpu = speed.cpu_info()
+    assert cpu["model"] and isinstance(cpu["flags"], list)
+    page = speed._cpu_line({"model": "Test CPU", "cores": "2", "flags": ["fpu", "avx2", "avx512_bf16"]})
+    assert page[0].startswith("CPU: Test CPU, 2 logical CPUs; flags: avx2 avx512_bf16")
+    assert speed._cpu_line(None) == []  # result files written before the CPU was recorded
