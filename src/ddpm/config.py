@@ -81,6 +81,26 @@ class ModelConfig:
         "TensorFlow's SAME, as Ho et al.'s released checkpoints)")
     num_classes: int | None = doc(None, "class-conditional when set; index num_classes means 'no label'", cli=False,
                                   positive=True)
+    # Text conditioning (Rombach et al. 2022, LDM): a text encoder inside the network turns token ids into a
+    # context sequence that transformer blocks attend to (cross-attention), or, for the ablation, one pooled
+    # vector added to the time embedding. The network still only maps (x_t, t, tokens) to an output.
+    text_encoder: Literal["none", "trained", "clip", "t5"] = doc(
+        "none", "text conditioning: none, a small transformer trained with the U-Net (trained), or a frozen CLIP or "
+        "T5 encoder read from --text-encoder-path")
+    text_encoder_path: str | None = doc(None, "folder of a frozen CLIP or T5 text encoder (transformers format)")
+    text_injection: Literal["cross_attention", "pooled"] = doc(
+        "cross_attention", "how the text reaches the U-Net: cross-attention in transformer blocks, or its mean "
+        "token added to the time embedding (pooled: the ablation without cross-attention)")
+    tokenizer: Literal["words", "bytes"] = doc("words", "words: a vocabulary built from the training captions "
+                                                "(saved in the config); bytes: UTF-8 bytes, no vocabulary")
+    vocabulary: tuple[str, ...] = doc((), "the words tokenizer's vocabulary (from the training captions)", cli=False)
+    max_tokens: int = doc(24, "longest caption in tokens, start and end included", positive=True, max=1024)
+    text_width: int = doc(128, "width of the trained text encoder", positive=True)
+    text_layers: int = doc(2, "transformer layers of the trained text encoder", positive=True)
+    transformer_resolutions: tuple[int, ...] = doc(
+        (), "resolutions with a transformer block (self-attention, cross-attention to the text, GEGLU); empty: "
+        "attention_resolutions, for a cross-attention text model", positive=True)
+    transformer_depth: int = doc(1, "transformer layers in each transformer block", positive=True)
 
 
 @dataclass(slots=True)
@@ -106,6 +126,9 @@ class TrainConfig:
     data_dir: str | None = doc(None, "folder holding a named set's original files (MNIST IDX files, CIFAR-10 "
                                "batches); without it they are downloaded")
     skip_bad_images: bool = doc(False, "leave unreadable images out with a warning instead of stopping")
+    caption_column: str = doc("text", "the caption field of metadata.jsonl or of an hf: data set (text models)")
+    autoencoder: str | None = doc(None, "train in the latent space of this autoencoder: a run of ddpm "
+                                  "train-autoencoder or a diffusers AutoencoderKL folder (kept with the run)")
     data_workers: int = doc(2, "worker processes reading --data shards (ddpm prepare-data)", min=0)
     flip: bool | None = doc(None, "mirror each training image left-right with probability 1/2 (Ho et al.)",
                             none_means="on, except for digits, mnist and fashion-mnist")
@@ -139,7 +162,7 @@ class TrainConfig:
     # Class-conditional models (model.num_classes set): the share of labels replaced by the "no label"
     # index each step, so one network also learns eps(x_t, none) for classifier-free guidance
     # (Ho & Salimans 2022, Algorithm 1: p_uncond = 0.1 or 0.2).
-    p_uncond: float = doc(0.1, "share of labels replaced by 'no label' (conditional models)", min=0, below=1)
+    p_uncond: float = doc(0.1, "share of labels or captions replaced by 'no label' or the empty caption (conditional models)", min=0, below=1)
     adamw_impl: AdamWImplName = doc("auto", "AdamW implementation (auto: fused where PyTorch has the kernel)")
     activation_checkpointing: bool = doc(False, "recompute each block's activations in the backward pass: less "
                                          "memory (256 px on one GPU), about a third more compute")
