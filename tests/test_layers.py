@@ -24,6 +24,7 @@ DEFERRED = {
     "gradio": "optional: the [demo] extra",
     "webdataset": "optional: the [shards] extra, for sets larger than memory",
     "wandb": "optional: --logger wandb",
+    "transformers": "optional: a frozen CLIP or T5 text encoder (--text-encoder clip|t5)",
 }
 
 

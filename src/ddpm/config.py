@@ -44,7 +44,7 @@ LoggerName = Literal["none", "tensorboard", "wandb"]
 DOWNSAMPLE_PADDINGS = ("symmetric", "bottom_right")
 DownsamplePadding = Literal[DOWNSAMPLE_PADDINGS]
 # Data sets whose images a mirror would turn into something else (a mirrored 2 is no digit).
-UNFLIPPED_DATA = ("digits", "mnist", "fashion-mnist")
+UNFLIPPED_DATA = ("digits", "mnist", "fashion-mnist", "mnist-pairs")
 # Bounds beyond which a value is a typo, not a wish: they would only end in an out-of-memory crash.
 MAX_IMAGE_SIDE = 4096
 MAX_TIMESTEPS = 100_000
@@ -162,7 +162,8 @@ class TrainConfig:
     # Class-conditional models (model.num_classes set): the share of labels replaced by the "no label"
     # index each step, so one network also learns eps(x_t, none) for classifier-free guidance
     # (Ho & Salimans 2022, Algorithm 1: p_uncond = 0.1 or 0.2).
-    p_uncond: float = doc(0.1, "share of labels or captions replaced by 'no label' or the empty caption (conditional models)", min=0, below=1)
+    p_uncond: float = doc(0.1, "share of labels or captions replaced by 'no label' or the empty caption "
+                          "(conditional models)", min=0, below=1)
     adamw_impl: AdamWImplName = doc("auto", "AdamW implementation (auto: fused where PyTorch has the kernel)")
     activation_checkpointing: bool = doc(False, "recompute each block's activations in the backward pass: less "
                                          "memory (256 px on one GPU), about a third more compute")
@@ -321,3 +322,92 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         if key != "preset" and not isinstance(value, dict):
             raise UserError(f"section {key!r} of config file {p} must be a table/object")
     return values
+
+
+# --- the autoencoder (first stage of latent diffusion) ------------------------------------------------
+# Rombach et al. (2022), LDM §3 and App. G: a KL-regularised autoencoder compresses an H x W image by a factor
+# f = 2^(L - 1) (L levels) into an (H/f) x (W/f) latent with a few channels; diffusion then runs on latents.
+AUTOENCODER_FACTORS = (1, 2, 4, 8)
+
+
+@dataclass(slots=True)
+class AutoencoderConfig:
+    """The KL autoencoder's network (LDM's ``AutoencoderKL``; diffusers' ``AutoencoderKL`` fits it exactly)."""
+
+    image_size: tuple[int, int] = doc((8, 8), "height, width", positive=True, max=MAX_IMAGE_SIDE)
+    in_channels: int = doc(1, "image channels (1 grey, 3 RGB)", positive=True)
+    base_channels: int = doc(32, "channels of the first level", positive=True)
+    channel_mult: tuple[int, ...] = doc((1, 2), "channel multiplier per level; L levels downsample by "
+                                        "f = 2^(L-1) (f in 1, 2, 4, 8)", positive=True)
+    num_res_blocks: int = doc(1, "ResNet blocks per level (the decoder has one more)", positive=True)
+    latent_channels: int = doc(4, "channels of the latent", positive=True)
+    mid_attention: bool = doc(True, "self-attention in the middle blocks of encoder and decoder")
+    norm_groups: int = doc(32, "GroupNorm groups (fewer on narrower layers)", positive=True)
+    # LDM's DiagonalGaussianDistribution clamps the log-variance to [-30, 20] so exp() stays finite.
+    logvar_min: float = doc(-30.0, "lowest posterior log-variance (LDM: -30)")
+    logvar_max: float = doc(20.0, "highest posterior log-variance (LDM: 20)")
+    quant_conv: bool = doc(True, "1x1 convolutions after the encoder and before the decoder (diffusers' "
+                           "use_quant_conv)", cli=False)
+
+    @property
+    def factor(self) -> int:
+        """f: how much smaller the latent is than the image, per side."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+@dataclass(slots=True)
+class AutoencoderTrainConfig:
+    data: str = doc("digits", "digits | mnist | fashion-mnist | cifar10 | a folder of images | hf:NAME[:SPLIT]")
+    data_dir: str | None = doc(None, "folder holding a named set's original files; without it they are downloaded")
+    skip_bad_images: bool = doc(False, "leave unreadable images out with a warning instead of stopping")
+    steps: int = doc(2000, "optimisation steps", positive=True)
+    batch_size: int = doc(32, "images per step", positive=True)
+    lr: float = doc(5e-4, "learning rate (Adam, betas 0.5, 0.9 as LDM)", positive=True)
+    kl_weight: float = doc(1e-6, "weight of KL(q(z|x) || N(0, I)) against the summed reconstruction loss (LDM: "
+                           "1e-6)", min=0)
+    perceptual_weight: float = doc(0.0, "weight of the LPIPS perceptual loss (LDM: 1; 0: off)", min=0)
+    perceptual_weights: str | None = doc(None, "LPIPS weights: a .safetensors or .pth file with the VGG16 "
+                                         "features and the linear heads, or the heads alone (vgg.pth)",
+                                         none_means="the torch hub cache")
+    disc_start: int | None = doc(None, "step at which the PatchGAN discriminator switches on",
+                                 none_means="no discriminator", min=0)
+    disc_weight: float = doc(0.5, "weight of the adversarial loss, times the adaptive weight (LDM: 0.5)", min=0)
+    disc_layers: int = doc(3, "stride-2 layers of the PatchGAN discriminator (fewer for small images)",
+                           positive=True, max=8)
+    disc_channels: int = doc(64, "channels of the discriminator's first layer", positive=True)
+    seed: int = doc(0, "seed of every random draw of the run")
+    log_every: int = doc(50, "steps between log lines", positive=True)
+    checkpoint_every: int = doc(500, "steps between checkpoints", positive=True)
+    sample_every: int = doc(500, "steps between reconstruction grids and held-out PSNR/SSIM (0: only at the end)",
+                            min=0)
+    num_sample_images: int = doc(16, "images in each reconstruction grid", positive=True, max=256)
+    holdout: int = doc(256, "images kept out of training to measure PSNR and SSIM on (at most a tenth "
+                       "of the set)", positive=True)
+    scale_images: int = doc(2048, "training images whose latents set latent_scale = 1 / std (LDM's "
+                            "scale_by_std)", positive=True)
+
+
+@dataclass(slots=True)
+class AutoencoderRunConfig:
+    """An autoencoder run: its network, training and runtime settings, and the latent normalisation
+    z = (sample - latent_shift) * latent_scale that latent diffusion sees (``latent_scale`` None: not yet
+    measured, i.e. before training ends)."""
+
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    latent_scale: float | None = doc(None, "1 / std of the training latents", cli=False, positive=True)
+    latent_shift: float = doc(0.0, "subtracted from the latents before scaling", cli=False)
+    kind: str = "autoencoder"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AutoencoderRunConfig":
+        if isinstance(d, dict) and d.get("kind", "autoencoder") != "autoencoder":
+            raise UserError(f"config of kind {d.get('kind')!r} is not an autoencoder's")
+        return build(cls, d, "config")

@@ -57,6 +57,16 @@ PRESETS: dict[str, dict] = {
         train=dict(steps=500_000, batch_size=64, lr=2e-5, ema_decay=0.9999, warmup_steps=5000,
                    lr_decay="constant", grad_clip=1.0, sample_every=10_000, num_sample_images=16),
     ),
+    # Text-to-image on mnist-pairs (32x64 canvases of two MNIST digits, captioned): a small U-Net with
+    # transformer blocks that cross-attend to a jointly trained text encoder (Rombach et al. 2022).
+    # With --autoencoder the same network runs on the latents, its resolutions divided by the factor.
+    "mnist-pairs": dict(
+        model=dict(image_size=(32, 64), in_channels=1, base_channels=64, channel_mult=(1, 2, 2),
+                   num_res_blocks=1, attention_resolutions=(8,), transformer_resolutions=(16, 8), num_heads=4,
+                   dropout=0.0, norm_groups=16, text_encoder="trained", text_width=128, text_layers=2),
+        train=dict(data="mnist-pairs", steps=4000, batch_size=64, lr=5e-4, ema_decay=0.999, warmup_steps=200,
+                   num_sample_images=32),
+    ),
     # 64x64 and up (image folders, CelebA-like sets).
     "64": dict(
         model=dict(image_size=(64, 64), in_channels=3, base_channels=128, channel_mult=(1, 2, 3, 4),
@@ -66,7 +76,8 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-DATA_PRESETS = {"digits": "digits", "mnist": "mnist", "fashion-mnist": "mnist", "cifar10": "cifar10"}
+DATA_PRESETS = {"digits": "digits", "mnist": "mnist", "fashion-mnist": "mnist", "cifar10": "cifar10",
+                "mnist-pairs": "mnist-pairs"}
 
 
 def preset_for_data(data: str) -> str:

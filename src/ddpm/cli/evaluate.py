@@ -176,8 +176,8 @@ def _score_samples(args, run_, reference, sampling: SamplingOptions, names: list
 
     t0 = time.perf_counter()
     if run_:
-        if run_.shape != reference.shape:
-            raise UserError(f"the run makes {'x'.join(map(str, run_.shape))} images but {reference.name} holds "
+        if run_.image_shape != reference.shape:
+            raise UserError(f"the run makes {'x'.join(map(str, run_.image_shape))} images but {reference.name} holds "
                             f"{'x'.join(map(str, reference.shape))} images; pick a matching --reference")
         images = generate_samples(run_, n, seed=args.seed, batch_size=args.batch_size, progress=progress,
                                   sampling=sampling, runtime=runtime_config(args, run_.config.runtime))

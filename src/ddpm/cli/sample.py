@@ -15,6 +15,12 @@ classifier-free guidance of strength ``--guidance W`` (Ho & Salimans 2022). ``--
 --noisy``; Dhariwal & Nichol 2021, Algorithm 1 for ancestral sampling, 2 for the others), which also
 steers an unconditional run.
 
+A text run (``ddpm train --text-encoder trained``, e.g. on ``--data mnist-pairs``) draws ``--prompt TEXT``
+(``--n`` images) or the prompts of ``--prompts-file FILE`` (one a line; ``--n`` per prompt, default 8;
+grid.png has one row per prompt), guided by ``--guidance W`` towards them; prompts.json lists each
+sample's prompt. A latent run (``ddpm train --autoencoder AE``) samples latents and decodes them with the
+autoencoder it keeps.
+
 ``--precision``, ``--memory-format`` and ``--compile`` (default: the run's runtime settings, "auto" = the
 device's defaults: bf16 autocast where the hardware has it) set how the network runs (``ddpm.runtime``).
 """
@@ -51,6 +57,7 @@ EXAMPLES = (
     "ddpm sample --checkpoint runs/digits --n 64\n"
     "ddpm sample --checkpoint runs/digits --sampler dpm++2m --steps 20 --trajectory\n"
     "ddpm sample --checkpoint runs/cdigits --classes all --guidance 3\n"
+    "ddpm sample --checkpoint runs/pairs --prompt 'a 3 to the left of a 7' --guidance 3 --sampler dpm++2m --steps 20\n"
 )  # the end of --help
 
 
@@ -63,6 +70,8 @@ def add_parser(sub) -> None:
                    "spell it --num-samples, as torchrun takes --n for its own flags")
     p.add_argument("--class", dest="class_", type=int, metavar="K", help="draw class K (0-based)")
     p.add_argument("--classes", help="'all' (a grid with one row per class) or comma-separated classes")
+    p.add_argument("--prompt", help="text run: the caption to draw")
+    p.add_argument("--prompts-file", metavar="FILE", help="text run: one prompt a line; a grid row per prompt")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i (default: 0)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
     p.add_argument("--trajectory", action="store_true",
@@ -93,13 +102,17 @@ def _run(args: argparse.Namespace, sampling: SamplingOptions, env: dist.DistEnv,
     run_ = load_run(args.checkpoint, device)
     runtime = runtime_config(args, run_.config.runtime)
     guidance = GuidanceOptions(args.scale, _classifier(args, run_), args.classifier_scale or 0.0)
-    labels, per_class = _labels(args, run_, guidance)
+    labels, per_class = _prompts(args, run_) if run_.config.model.text_encoder != "none" else _labels(args, run_,
+                                                                                                     guidance)
     run_.grid(sampling)  # a bad --steps is reported now, not after the first batch's progress bar
     out = Path(args.out) if args.out else Path(args.checkpoint) / f"samples-seed{args.seed}"
 
     wants_trajectory = args.trajectory or args.trajectory_steps is not None
+    if wants_trajectory and run_.first_stage is not None:
+        raise UserError("--trajectory draws images along the way; a latent run's steps are latents (not yet shown)")
     recorder, grid = _trajectory_recorder(args, run_, sampling) if wants_trajectory else (None, None)
-    batches = [np.zeros((0, *run_.shape[1:], run_.shape[0]), np.uint8)]
+    shape = run_.image_shape
+    batches = [np.zeros((0, *shape[1:], shape[0]), np.uint8)]
     mine = dist.shard(args.n, env)
     for start in progress_bar(range(mine.start, mine.stop, args.batch_size), desc="batches", unit="batch",
                       disable=not env.is_main):
@@ -118,7 +131,9 @@ def _run(args: argparse.Namespace, sampling: SamplingOptions, env: dist.DistEnv,
     for i, img in enumerate(images):
         save_image(img, out / f"sample_{i:05d}.png")
     save_grid(images if per_class else images[:256], out / "grid.png", nrow=per_class)
-    if labels is not None:
+    if isinstance(labels, list):  # prompts
+        write_text_atomic(out / "prompts.json", json.dumps(labels, indent=0) + "\n")
+    elif labels is not None:
         write_text_atomic(out / "labels.json", json.dumps(labels.tolist()) + "\n")
     save_npz_atomic(out / "samples.npz", images)
     say(f"wrote {len(images)} samples to {out} (grid.png, sample_*.png, samples.npz)")
@@ -149,6 +164,32 @@ def _classifier(args: argparse.Namespace, run_: Run):
         raise UserError(f"the classifier takes {have[0]}x{have[1]}x{have[2]} images, the model draws "
                         f"{want[0]}x{want[1]}x{want[2]}")
     return classifier
+
+
+def _prompts(args: argparse.Namespace, run_: Run) -> tuple[list[str] | None, int | None]:
+    """(the prompt of each sample, samples per prompt for a --prompts-file grid); sets args.n to the total.
+    Without a prompt a text run draws from the empty caption (unconditional)."""
+    if args.class_ is not None or args.classes is not None:
+        raise UserError("this run is conditioned on text: give --prompt or --prompts-file, not classes")
+    if args.prompt is not None and args.prompts_file is not None:
+        raise UserError("give --prompt or --prompts-file, not both")
+    if args.prompts_file is not None:
+        path = Path(args.prompts_file)
+        try:
+            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read prompts file {path}: {e}") from None
+        if not prompts:
+            raise UserError(f"prompts file {path} holds no prompt")
+        per_prompt = args.n or 8
+        args.n = per_prompt * len(prompts)
+        return [p for p in prompts for _ in range(per_prompt)], per_prompt
+    args.n = args.n or 64
+    if args.prompt is None:
+        if args.scale is not None:
+            raise UserError("classifier-free guidance needs a prompt to guide towards (--prompt)")
+        return None, None
+    return [args.prompt] * args.n, None
 
 
 def _labels(args: argparse.Namespace, run_: Run, guidance: GuidanceOptions):

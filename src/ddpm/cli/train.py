@@ -27,6 +27,8 @@ from ddpm.data.datasets import load_dataset
 from ddpm.data.shards import is_shard_folder, read_meta
 from ddpm.errors import UserError
 from ddpm.io import say
+from ddpm.models.autoencoder_io import load_autoencoder
+from ddpm.pipeline.latent import image_shape, latent_shape
 from ddpm.presets import make_config, preset_for_data
 from ddpm.training.distributed import DistEnv
 from ddpm.training.loop import train
@@ -39,6 +41,7 @@ EXAMPLES = (
     "ddpm train\n"
     "ddpm train --data ~/photos --preset 64 --steps 50000 --out runs/photos\n"
     "ddpm train --out runs/photos --resume\n"
+    "ddpm train --data mnist-pairs --data-dir ../shared/data/mnist --autoencoder runs/ae-pairs --out runs/pairs\n"
 )  # the end of --help
 
 
@@ -90,13 +93,41 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         sections.setdefault(name, {}).update(config_values(args, cls))
     for section, values in sections.items():
         setattr(cfg, section, update(getattr(cfg, section), values, section))
+    if cfg.train.autoencoder and not args.resume:
+        _to_latents(cfg, args)
     return derive(cfg)  # out_channels etc. follow from the final settings
+
+
+def _to_latents(cfg: RunConfig, args: argparse.Namespace) -> None:
+    """A latent run's network takes the autoencoder's latents: their channels and size, its resolutions (from
+    the preset, unless given as flags) divided by the downsampling factor, and no x0 clipping (latents are
+    not bounded to [-1, 1]; LDM does not clip them)."""
+    first_stage, _ = load_autoencoder(cfg.train.autoencoder)
+    c, h, w = latent_shape(first_stage)
+    f = first_stage.config.factor
+    m = cfg.model
+    if args.image_size is not None and tuple(args.image_size) != (h, w):
+        raise UserError(f"--image-size {'x'.join(map(str, args.image_size))} is not the autoencoder's latent size "
+                        f"{h}x{w}; a latent run takes its size from --autoencoder")
+    m.image_size, m.in_channels = (h, w), c
+    for name in ("attention_resolutions", "transformer_resolutions"):
+        if getattr(args, name, None) is None:
+            setattr(m, name, tuple(max(1, r // f) for r in getattr(m, name)))
+    if getattr(args, "clip_x0", None) is None:
+        cfg.diffusion.clip_x0 = False
+
+
+def data_shape(cfg: RunConfig) -> tuple[int, int, int]:
+    """(C, H, W) of the training images: the model's, or a latent run's autoencoder's."""
+    if cfg.train.autoencoder:
+        return image_shape(load_autoencoder(cfg.train.autoencoder)[0])
+    return (cfg.model.in_channels, *cfg.model.image_size)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     data = _make_conditional(cfg) if args.conditional else None
-    if args.p_uncond is not None and not cfg.model.num_classes:
+    if args.p_uncond is not None and not cfg.model.num_classes and cfg.model.text_encoder == "none":
         raise UserError("--p-uncond applies to a class-conditional model; add --conditional")
     out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, data=data)
     if DistEnv.from_environ().is_main:  # under torchrun, once
@@ -116,8 +147,9 @@ def _make_conditional(cfg: RunConfig):
             raise UserError(f"the run has {cfg.model.num_classes} classes, the shards in {tc.data} {len(classes)}")
         cfg.model.num_classes = len(classes)
         return None
-    data = load_dataset(tc.data, tc.data_dir, image_size=cfg.model.image_size, channels=cfg.model.in_channels,
-                        skip_bad_images=tc.skip_bad_images)
+    c, h, w = data_shape(cfg)
+    data = load_dataset(tc.data, tc.data_dir, image_size=(h, w), channels=c, skip_bad_images=tc.skip_bad_images,
+                        caption_column=tc.caption_column)
     if data.labels is None or not data.num_classes:
         raise UserError(f"--conditional needs a labelled data set (a folder with one sub-folder per class); "
                         f"{data.name} has no labels")

@@ -39,8 +39,8 @@ def first_image_shape(path: Path) -> tuple[tuple[int, int], int]:
         raise UserError(f"cannot read image {path}: {e}") from None
 
 
-def _decode(paths, image_size, channels, skip_bad_images, where):
-    """uint8 (N, H, W, C) of the readable images and the list of skipped files."""
+def decode_images(paths, image_size, channels, skip_bad_images, where):
+    """(uint8 (N, H, W, C) of the readable images, their indices in ``paths``, the skipped files)."""
     out = np.empty((len(paths), *image_size, channels), dtype=np.uint8)
     keep, skipped = [], []
     for i, p in enumerate(progress_bar(paths, desc="decoding", unit="img", leave=False, disable=len(paths) < 2000)):
@@ -53,7 +53,8 @@ def _decode(paths, image_size, channels, skip_bad_images, where):
             keep.append(i)
         except _BAD_IMAGE as e:
             if not skip_bad_images:
-                raise UserError(f"cannot read image {p}: {e} (pass --skip-bad-images to skip unreadable files)") from None
+                raise UserError(f"cannot read image {p}: {e} "
+                                "(pass --skip-bad-images to skip unreadable files)") from None
             skipped.append(str(p))
     if skipped:
         shown = ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
@@ -77,7 +78,7 @@ def load_image_folder(root: str | Path, image_size: tuple[int, int] | None, chan
     # Labels only when every image sits in a first-level sub-folder (the ImageFolder layout).
     tops = [p.relative_to(root).parts for p in paths]
     labelled = all(len(parts) >= 2 for parts in tops)
-    images, keep, skipped = _decode(paths, tuple(image_size), channels, skip_bad_images, root)
+    images, keep, skipped = decode_images(paths, tuple(image_size), channels, skip_bad_images, root)
     if not keep:
         raise UserError(f"none of the {len(paths)} images in {root} could be read")
     if not labelled:
@@ -88,8 +89,12 @@ def load_image_folder(root: str | Path, image_size: tuple[int, int] | None, chan
     return images, labels, tuple(classes), skipped
 
 
-def load_hf(spec: str, image_size, channels, skip_bad_images: bool = False):
-    """``NAME[:SPLIT]`` from the Hugging Face hub through the ``datasets`` library (default split: train)."""
+def load_hf(spec: str, image_size, channels, skip_bad_images: bool = False, caption_column: str = "text"):
+    """``NAME[:SPLIT]`` from the Hugging Face hub through the ``datasets`` library (default split: train).
+
+    (uint8 (N, H, W, C), labels or None, class names or None, skipped rows, captions or None): labels
+    from the first ``ClassLabel`` column, captions from ``caption_column`` when the set has it.
+    """
     name, _, split = spec.partition(":")
     split = split or "train"
     try:
@@ -99,7 +104,8 @@ def load_hf(spec: str, image_size, channels, skip_bad_images: bool = False):
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # noqa: BLE001 - offline, unknown name and bad split all end here
-        raise UserError(f"cannot load Hugging Face data set {name!r} split {split!r}: {str(e).splitlines()[0]}") from None
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot load Hugging Face data set {name!r} split {split!r}: {first}") from None
     features = ds.features
     image_col = next((k for k, f in features.items() if isinstance(f, datasets.Image)), None)
     if image_col is None:
@@ -127,7 +133,21 @@ def load_hf(spec: str, image_size, channels, skip_bad_images: bool = False):
     if label_col is not None:
         labels = np.asarray(ds[label_col], dtype=np.int64)[keep]
         classes = tuple(features[label_col].names)
-    return out[keep], labels, classes, skipped
+    captions = None
+    if caption_column in features:
+        column = ds[caption_column]  # the whole column at once: row access would decode every image again
+        captions = tuple(_hf_caption(column[i], i, name, caption_column) for i in keep)
+    return out[keep], labels, classes, skipped, captions
+
+
+def _hf_caption(value, i: int, name: str, column: str) -> str:
+    """One caption of an hf: set; sets with several captions an image (COCO's style) give their first."""
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    if not isinstance(value, str):
+        raise UserError(f"row {i} of Hugging Face data set {name!r}: caption column {column!r} holds "
+                        f"{type(value).__name__}, not a string")
+    return value
 
 
 def load_image(path: str | Path, image_size: tuple[int, int] | None = None, channels: int | None = None,

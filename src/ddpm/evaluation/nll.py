@@ -33,6 +33,11 @@ def evaluate_nll(run, dataset, n: int | None = None, batch_size: int = 256, gene
     "per_t" (T values, per_t[t] = mean term at 0-based t, per_t[0] = L_0), "per_image" (each image's
     bound, for paired comparisons of two models on the same images), "n"}``.
     """
+    if getattr(run, "first_stage", None) is not None:
+        # The bound of a latent run is one of latents under a continuous prior, not of 8-bit images: a
+        # number in "bits/dim" would be compared with image bits/dim and mean nothing there.
+        raise UserError("the NLL bound of a latent run would be in latent bits/dim, not comparable with image "
+                        "bits/dim; it is not computed (score its decoded samples with fid, kid, ...)")
     images = dataset.images if hasattr(dataset, "images") else dataset
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise UserError("evaluate_nll needs an image data set or an (N, C, H, W) tensor")

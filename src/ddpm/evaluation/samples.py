@@ -26,7 +26,7 @@ def generate_samples(run: Run, n: int, *, seed: int = 0, batch_size: int = 256, 
     draws its block of the seeds and every rank gets the whole set."""
     env = dist.DistEnv.from_environ()
     mine = dist.shard(n, env)
-    out = [torch.zeros((0, *run.shape))]
+    out = [torch.zeros((0, *run.image_shape))]
     for start in progress_bar(range(mine.start, mine.stop, batch_size), desc="generating", unit="batch",
                       disable=not progress or not env.is_main):
         count = min(batch_size, mine.stop - start)

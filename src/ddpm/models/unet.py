@@ -2,6 +2,13 @@
 
 ``UNet(config)(x, t, y=None)`` maps a noisy batch, its (N,) timesteps and optional class labels to an
 output of ``out_channels``; what that output means (eps, x0, v, a variance) is the diffusion's business.
+
+A text model (``text_encoder`` not "none", Rombach et al. 2022 §3.3) takes ``y`` as (N, L) token ids
+(``ddpm.models.text.tokenize``; None is the empty caption). Its encoder's context reaches the network
+through ``SpatialTransformer`` blocks (cross-attention) after each ResBlock at ``transformer_resolutions``
+(empty: ``attention_resolutions``) and in the middle, where they take the plain self-attention's place; or,
+with ``text_injection="pooled"`` (the ablation), as its masked mean added to the time embedding. A class
+model with ``transformer_resolutions`` also gets the blocks, its label embedding as the one-token context.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from torch import nn
 from ddpm.config import ModelConfig
 from ddpm.errors import UserError
 from ddpm.models.layers import Attention, Downsample, ResBlock, Upsample, group_norm, timestep_embedding
+from ddpm.models.text import FROZEN, TextEncoder, load_frozen_encoder, null_tokens
+from ddpm.models.transformer import SpatialTransformer
 
 
 def check_model_config(cfg: ModelConfig) -> None:
@@ -38,6 +47,68 @@ def check_model_config(cfg: ModelConfig) -> None:
             raise UserError(f"{ch} channels are not divisible by num_heads={cfg.num_heads}")
     if cfg.resblock_conditioning not in ("scale_shift", "additive"):
         raise UserError(f"unknown resblock_conditioning {cfg.resblock_conditioning!r}")
+    check_text_config(cfg)
+
+
+def resolutions(cfg: ModelConfig) -> list[int]:
+    """The feature-map heights of the U-Net's levels, from the input down."""
+    return [cfg.image_size[0] // 2**level for level in range(len(cfg.channel_mult))]
+
+
+def has_context(cfg: ModelConfig) -> bool:
+    """Whether transformer blocks attend to a context: cross-attention text, or a class label as one token
+    (a class model with ``transformer_resolutions``). Such a model has one in its middle block."""
+    text = cfg.text_encoder != "none" and cfg.text_injection == "cross_attention"
+    return bool(text or (cfg.num_classes and cfg.transformer_resolutions))
+
+
+def transformer_resolutions(cfg: ModelConfig) -> tuple[int, ...]:
+    """Where ``SpatialTransformer`` blocks follow the ResBlocks: nowhere without a context; else
+    ``transformer_resolutions``, by default ``attention_resolutions``."""
+    return (cfg.transformer_resolutions or cfg.attention_resolutions) if has_context(cfg) else ()
+
+
+def check_text_config(cfg: ModelConfig) -> None:
+    """One-line errors for the text and transformer options (LDM §3.3)."""
+    text = cfg.text_encoder != "none"
+    if text and cfg.num_classes:
+        raise UserError("a model is conditioned on text (--text-encoder) or on classes (--conditional), not both")
+    if cfg.transformer_resolutions and not text and not cfg.num_classes:
+        raise UserError("transformer_resolutions needs a context to attend to: a text model (--text-encoder) "
+                        "or a class-conditional one (--conditional)")
+    missing = sorted(set(cfg.transformer_resolutions) - set(resolutions(cfg)))
+    if missing:
+        raise UserError(f"transformer_resolutions {', '.join(map(str, missing))} is not a resolution of the network "
+                        f"(its levels are {', '.join(map(str, resolutions(cfg)))} pixels high)")
+    if has_context(cfg):
+        for c in cfg.channel_mult:
+            if (cfg.base_channels * c) % cfg.num_heads:
+                raise UserError(f"{cfg.base_channels * c} channels of a transformer block are not divisible by "
+                                f"num_heads={cfg.num_heads}")
+    if not text:
+        return
+    if cfg.max_tokens < 2:
+        raise UserError(f"max_tokens={cfg.max_tokens} leaves no room for the start and end tokens; use at least 2")
+    if cfg.text_encoder in FROZEN and not cfg.text_encoder_path:
+        raise UserError(f"text_encoder {cfg.text_encoder!r} needs the folder of its weights (--text-encoder-path)")
+    if cfg.text_encoder == "trained":
+        if cfg.text_width % cfg.num_heads:
+            raise UserError(f"text_width={cfg.text_width} is not divisible by num_heads={cfg.num_heads}")
+        if cfg.tokenizer == "words" and not cfg.vocabulary:
+            raise UserError("the words tokenizer has an empty vocabulary: build it from the training captions "
+                            "(ddpm.models.text.build_vocabulary) or use --tokenizer bytes")
+
+
+class _Frozen:
+    """Holds a frozen module outside the U-Net's module tree, so its weights are neither parameters nor
+    state_dict entries (a checkpoint holds only what training changes) and a deep copy (the EMA model)
+    shares it instead of copying it. ``UNet._apply`` moves it with the network."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __deepcopy__(self, memo) -> _Frozen:
+        return self
 
 
 class UNet(nn.Module):
@@ -52,11 +123,15 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # Row num_classes is the learned "no label" entry used for classifier-free guidance.
         self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        context_dim = self._build_text_encoder(cfg, emb_dim)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        with_transformer = transformer_resolutions(cfg)
 
         def block(cin: int, cout: int, res: int) -> nn.ModuleList:
             layers = [ResBlock(cin, cout, emb_dim, drop, groups, cond)]
-            if res in cfg.attention_resolutions:
+            if res in with_transformer:  # its self-attention takes the plain attention's place (LDM)
+                layers.append(SpatialTransformer(cout, context_dim, cfg.num_heads, cfg.transformer_depth, groups))
+            elif res in cfg.attention_resolutions:
                 layers.append(Attention(cout, cfg.num_heads, groups))
             return nn.ModuleList(layers)
 
@@ -74,9 +149,10 @@ class UNet(nn.Module):
                 skip_channels.append(cur)
                 res //= 2
 
+        middle = (SpatialTransformer(cur, context_dim, cfg.num_heads, cfg.transformer_depth, groups)
+                  if has_context(cfg) else Attention(cur, cfg.num_heads, groups))
         self.mid = nn.ModuleList(
-            [ResBlock(cur, cur, emb_dim, drop, groups, cond), Attention(cur, cfg.num_heads, groups),
-             ResBlock(cur, cur, emb_dim, drop, groups, cond)]
+            [ResBlock(cur, cur, emb_dim, drop, groups, cond), middle, ResBlock(cur, cur, emb_dim, drop, groups, cond)]
         )
 
         self.up = nn.ModuleList()
@@ -95,32 +171,78 @@ class UNet(nn.Module):
         # pass (the RNG state is replayed, so dropout draws the same mask). Set by the training loop.
         self.checkpointing = False
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+    def _build_text_encoder(self, cfg: ModelConfig, emb_dim: int) -> int:
+        """The text encoder (trained: a submodule, saved and EMA-averaged with the U-Net; frozen: held
+        outside the module tree) and the pooled ablation's projection; returns the context's width."""
+        self.text_encoder = TextEncoder(cfg) if cfg.text_encoder == "trained" else None
+        self._frozen_text = _Frozen(load_frozen_encoder(cfg)) if cfg.text_encoder in FROZEN else None
+        width = (self.text_encoder.width if self.text_encoder is not None else
+                 self._frozen_text.module.width if self._frozen_text is not None else emb_dim)
+        pooled = cfg.text_encoder != "none" and cfg.text_injection == "pooled"
+        self.text_proj = nn.Linear(width, emb_dim) if pooled else None
+        return width
+
+    def _apply(self, fn, *args, **kwargs):
+        """``.to``, ``.cuda``, ``.half``... also move the frozen text encoder, which is no submodule."""
+        super()._apply(fn, *args, **kwargs)
+        if self._frozen_text is not None:
+            self._frozen_text.module._apply(fn, *args, **kwargs)
+        return self
+
+    def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context (N, L, width), mask (N, L), True = real token) of (N, L) token ids."""
+        encoder = self.text_encoder if self.text_encoder is not None else self._frozen_text.module
+        return encoder(tokens)
+
+    def condition(self, emb: torch.Tensor, y: torch.Tensor | None, n: int, device: torch.device):
+        """The time embedding with the label or pooled text added, and the transformer blocks' (context,
+        mask): the label embedding as one token (mask None: all real), or the text encoder's output."""
+        cfg = self.config
         if self.label_emb is not None:
             if y is None:
-                y = torch.full((x.shape[0],), self.config.num_classes, device=x.device, dtype=torch.long)
-            emb = emb + self.label_emb(y)
+                y = torch.full((n,), cfg.num_classes, device=device, dtype=torch.long)
+            label = self.label_emb(y)
+            return emb + label, label[:, None], None
+        if cfg.text_encoder == "none":
+            return emb, None, None
+        context, mask = self.encode_text(null_tokens(cfg, n).to(device) if y is None else y)
+        if self.text_proj is None:
+            return emb, context, mask
+        m = mask[..., None].to(context.dtype)  # the mean of the real tokens only: PAD changes nothing
+        return emb + self.text_proj((context * m).sum(1) / m.sum(1)), None, None
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``y``: (N,) labels of a class model, (N, L) token ids of a text model; None: no label, the empty
+        caption; ignored by an unconditional model."""
+        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        emb, context, mask = self.condition(emb, y, x.shape[0], x.device)
         run = _run_checkpointed if self.checkpointing and torch.is_grad_enabled() else _run
         h = self.conv_in(x)
         skips = [h]
         for layers in self.down:
-            h = run(layers, h, emb)
+            h = run(layers, h, emb, context, mask)
             skips.append(h)
-        h = run(self.mid, h, emb)
+        h = run(self.mid, h, emb, context, mask)
         for layers in self.up:
-            h = run(layers, torch.cat([h, skips.pop()], dim=1), emb)
+            h = run(layers, torch.cat([h, skips.pop()], dim=1), emb, context, mask)
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
 
 
-def _run(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+def _run(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
+         mask: torch.Tensor | None = None) -> torch.Tensor:
     for layer in layers:
-        h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        if isinstance(layer, ResBlock):
+            h = layer(h, emb)
+        elif isinstance(layer, SpatialTransformer):
+            h = layer(h, context, mask)
+        else:
+            h = layer(h)
     return h
 
 
-def _run_checkpointed(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    return torch.utils.checkpoint.checkpoint(_run, layers, h, emb, use_reentrant=False)
+def _run_checkpointed(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.utils.checkpoint.checkpoint(_run, layers, h, emb, context, mask, use_reentrant=False)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -27,6 +27,14 @@ from ddpm.diffusion.schedule import Schedule, make_schedule
 from ddpm.errors import UserError
 from ddpm.io import progress_bar, resolve_device, same_device
 from ddpm.models.unet import UNet
+from ddpm.pipeline.latent import (
+    AUTOENCODER_DIR,
+    decode_latents,
+    image_shape,
+    is_text,
+    run_autoencoder,
+    text_condition,
+)
 from ddpm.pipeline.options import GuidanceOptions, SamplingOptions
 from ddpm.sampling import SAMPLERS, Step
 from ddpm.sampling.denoiser import Denoiser
@@ -55,10 +63,13 @@ class Run:
     schedule: Schedule
     step: int = 0
     path: Path | None = None
+    # A latent run's autoencoder (``ddpm.models.autoencoder.FirstStage``): samplers draw latents, and
+    # ``sample`` returns them decoded.
+    first_stage: Any = None
 
     @classmethod
-    def of(cls, model: nn.Module, cfg: RunConfig) -> "Run":
-        return cls(cfg, model, build_schedule(cfg.diffusion))
+    def of(cls, model: nn.Module, cfg: RunConfig, first_stage=None) -> "Run":
+        return cls(cfg, model, build_schedule(cfg.diffusion), first_stage=first_stage)
 
     @property
     def device(self) -> torch.device:
@@ -66,8 +77,19 @@ class Run:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """(C, H, W) of one image."""
+        """(C, H, W) of what the samplers draw: an image, or a latent run's latent."""
         return (self.config.model.in_channels, *self.config.model.image_size)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one image ``sample`` returns (decoded, for a latent run)."""
+        if self.first_stage is None:
+            return self.shape
+        return image_shape(self.first_stage)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from what the samplers drew: a latent run's latents decoded, else ``x`` itself."""
+        return x if self.first_stage is None else decode_latents(self.first_stage, x)
 
     def runtime(self, runtime: RuntimeConfig | dict | None = None) -> RuntimeConfig:
         """The runtime options of a sampling call: ``runtime`` as given, or the run's own section with the
@@ -92,7 +114,12 @@ class Run:
         """The unguided denoiser of this run (``clip_x0`` None: the run's setting)."""
         d = self.config.diffusion
         return Denoiser(self.network(runtime), self.schedule, d.prediction, clip_x0=d.clip_x0 if clip_x0 is None
-                        else clip_x0, y=y if self.config.model.num_classes else None, variance=d.variance)
+                        else clip_x0, y=y if self.conditional else None, variance=d.variance)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the network takes a condition: class labels or text."""
+        return bool(self.config.model.num_classes) or is_text(self.config.model)
 
     def grid(self, sampling: SamplingOptions = SamplingOptions()) -> list[int]:
         """The descending timesteps ``sampling`` walks: its steps, spaced by its grid, from T-1."""
@@ -105,16 +132,22 @@ class Run:
         call; the last step's ``x_next`` is the sample, (n, C, H, W) in [-1, 1]. Mistakes in the options are
         reported here, before any network call.
 
-        ``y`` (an int or (n,) labels) picks the classes of a conditional model or of classifier guidance.
+        ``y`` (an int or (n,) labels) picks the classes of a conditional model or of classifier guidance;
+        for a text model it is a prompt, n prompts, or (n, L) token ids.
         ``x_T`` (default: noise from ``generator``, one generator per image for per-seed images) and
         ``timesteps`` (default: the grid of ``sampling``) let a caller start elsewhere: from a mix of
         noises, or from a diffused image with the grid cut to start at its t (Ho et al. §4.3).
         """
         cfg, device = self.config, self.device
-        y = as_labels(y, n, device)
         classifier = guidance.classifier
-        check_labels(cfg.model.num_classes, y, guidance=guidance.scale,
-                     classifier_classes=None if classifier is None else classifier.config.num_classes)
+        if is_text(cfg.model):
+            y = text_condition(cfg.model, y, n, device)
+            if guidance.scale is not None and y is None:
+                raise UserError("classifier-free guidance needs a prompt to guide towards (--prompt)")
+        else:
+            y = as_labels(y, n, device)
+            check_labels(cfg.model.num_classes, y, guidance=guidance.scale,
+                         classifier_classes=None if classifier is None else classifier.config.num_classes)
         timesteps = self.grid(sampling) if timesteps is None else list(timesteps)
         kwargs = sampling.sampler_kwargs(cfg.diffusion.variance)
         denoise = guide(self.denoiser(clip_x0=sampling.clip_x0, y=y, runtime=runtime), y=y, guidance=guidance.scale,
@@ -136,8 +169,8 @@ class Run:
 
     def sample(self, n: int, *, generator: Generators = None, progress: bool = True,
                callback: Callable[[Step], object] | None = None, **options) -> torch.Tensor:
-        """``n`` samples (n, C, H, W) in [-1, 1]: ``steps(n, **options)`` run to the end behind a progress bar;
-        ``callback(step)`` sees every ``Step``."""
+        """``n`` samples (n, C, H, W) in [-1, 1]: ``steps(n, **options)`` run to the end behind a progress bar,
+        decoded for a latent run; ``callback(step)`` sees every ``Step`` (latents, for a latent run)."""
         steps = self.steps(n, generator=generator, **options)
         x = None
         try:
@@ -147,7 +180,7 @@ class Run:
                 x = step.x_next
         finally:
             steps.close()  # the model's own mode back, also when a callback raises
-        return x
+        return self.decode(x)
 
 
 class Steps:
@@ -179,4 +212,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     except RuntimeError as e:
         raise UserError(f"weights in {path} do not match their config: {str(e).splitlines()[0]}") from None
     model.to(device).eval()
-    return Run(cfg, model, build_schedule(cfg.diffusion), step, Path(path))
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    first_stage = None
+    if cfg.train.autoencoder or (folder / AUTOENCODER_DIR).is_dir():
+        first_stage = run_autoencoder(folder, device)
+    return Run(cfg, model, build_schedule(cfg.diffusion), step, Path(path), first_stage)

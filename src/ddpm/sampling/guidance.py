@@ -4,7 +4,8 @@ Classifier-free guidance (Ho & Salimans 2022, Eq. 6 with w the guidance strength
 
     eps~(x_t, y) = (1 + w) eps(x_t, y) - w eps(x_t, none),
 
-with "none" the U-Net's learned "no label" entry (index ``num_classes``). Both passes go through the
+with "none" the U-Net's learned "no label" entry (index ``num_classes``), or for a text model the empty
+caption's tokens (``ddpm.models.text.null_tokens``, LDM's unconditional input). Both passes go through the
 network as one batch of 2N. The combination is taken on the raw network output and the ``Denoiser`` then
 derives (eps, x0) from it (``ddpm.diffusion.parametrization``) and clips x0 as it always does. For every
 prediction type eps is affine in the output at fixed x_t (eps = A out + B x_t), and the weights
@@ -44,6 +45,7 @@ from ddpm.diffusion.likelihood import model_log_variance, split_output
 from ddpm.diffusion.parametrization import eps_from_x0, to_eps_x0
 from ddpm.diffusion.schedule import Schedule
 from ddpm.errors import UserError
+from ddpm.models.text import null_tokens
 from ddpm.sampling.ancestral import grid_step_coefficients
 from ddpm.sampling.denoiser import Denoiser, Prediction
 from ddpm.sampling.steps import grid_or_full
@@ -86,19 +88,33 @@ def check_labels(num_classes: int | None, y: torch.Tensor | None, *, guidance: f
             raise UserError(f"class {bad} is not one the {what} knows: it has {k} classes, 0 to {k - 1}")
 
 
+def null_condition(model, n: int, device) -> torch.Tensor:
+    """The "no condition" input of classifier-free guidance for ``n`` examples: the (n,) "no label" index
+    ``num_classes`` of a class model, the (n, max_tokens) tokens of the empty caption of a text model."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "text_encoder", "none") != "none":
+        return null_tokens(cfg, n).to(device)
+    if getattr(cfg, "num_classes", None):
+        return torch.full((n,), cfg.num_classes, dtype=torch.long, device=device)
+    raise UserError("classifier-free guidance needs a class-conditional or text model; this one is unconditional")
+
+
 class ClassifierFreeGuidance:
     """Classifier-free guidance of strength ``scale`` (w) around a conditional ``Denoiser`` with labels set.
 
     The unconditional pass uses label ``null_label`` (default: the model's ``num_classes``, the U-Net's
-    "no label" entry). Both passes are one batched network call; the outputs are combined (see the
+    "no label" entry); a text model's (``denoiser.y`` holds (N, L) token ids) uses the empty caption
+    (``null_condition``). Both passes are one batched network call; the outputs are combined (see the
     module docstring) and converted by the wrapped denoiser, so clipping and the prediction type are its.
     """
 
     def __init__(self, denoiser: Denoiser, scale: float, *, null_label: int | None = None):
         if denoiser.y is None:
             raise ValueError("classifier-free guidance needs a denoiser with labels (y)")
-        if null_label is None:
-            null_label = getattr(getattr(denoiser.model, "config", None), "num_classes", None)
+        cfg = getattr(denoiser.model, "config", None)
+        self.text = getattr(cfg, "text_encoder", "none") != "none"
+        if null_label is None and not self.text:
+            null_label = getattr(cfg, "num_classes", None)
             if not null_label:
                 raise UserError("classifier-free guidance needs a class-conditional model")
         self.denoiser, self.scale, self.null_label = denoiser, float(scale), null_label
@@ -106,7 +122,10 @@ class ClassifierFreeGuidance:
     def __call__(self, x_t: torch.Tensor, t: int) -> Prediction:
         d = self.denoiser
         tt = d.timestep_batch(x_t, t)
-        null = torch.full_like(d.y, self.null_label)
+        if self.null_label is None:  # a text model: the empty caption
+            null = null_condition(d.model, d.y.shape[0], d.y.device)
+        else:
+            null = torch.full_like(d.y, self.null_label)
         out = d.model(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([d.y, null])).float()
         cond, uncond = out.chunk(2)
         mean_c, var_c = split_output(cond, d.variance)

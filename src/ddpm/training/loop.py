@@ -8,6 +8,7 @@ checkpoint I/O from ``ddpm.checkpoint``; the preview grids from ``ddpm.pipeline`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -26,8 +27,17 @@ from ddpm.data.datasets import ImageDataset, load_dataset
 from ddpm.data.transforms import compact, expand, random_hflip
 from ddpm.errors import UserError
 from ddpm.io import pid_lock, progress_bar, say, write_text_atomic
+from ddpm.models.text import build_vocabulary, null_tokens, tokenize
 from ddpm.models.unet import check_model_config
 from ddpm.pipeline import Run, SamplingOptions, build_model, build_schedule
+from ddpm.pipeline.latent import (
+    AUTOENCODER_DIR,
+    encode_images,
+    image_shape,
+    is_text,
+    keep_autoencoder,
+    run_autoencoder,
+)
 from ddpm.training import distributed as dist
 from ddpm.training.ema import make_ema
 from ddpm.training.objective import Objective
@@ -48,6 +58,9 @@ def check_data(data: ImageDataset, cfg: RunConfig) -> None:
                         f"{want[0]}x{want[1]}x{want[2]}; pick a matching --preset or image size")
     if len(data) < 1:
         raise UserError(f"data set {data.name} is empty")
+    if is_text(cfg.model) and data.captions is None:
+        raise UserError(f"a text model needs captions, but data set {data.name} has none (an image folder with a "
+                        "metadata.jsonl, mnist-pairs, or hf:NAME with --caption-column)")
     k = cfg.model.num_classes
     if k:
         if data.labels is None or not data.num_classes:
@@ -72,16 +85,43 @@ def check_shards(meta: dict, cfg: RunConfig) -> None:
 
 
 def _memory_batches(data: ImageDataset, cfg: RunConfig, device: torch.device, per_rank: int,
-                    gen: torch.Generator):
+                    gen: torch.Generator, condition: torch.Tensor | None, mirrored: torch.Tensor | None = None):
     """A function drawing a batch of ``per_rank`` images (with replacement) from the set held on the device,
-    as uint8 where that is lossless (a quarter of the memory; ``expand`` makes each batch float)."""
+    as uint8 where that is lossless (a quarter of the memory; ``expand`` makes each batch float), with their
+    ``condition`` (labels or token ids) when there is one. A latent run's flip takes each image's latent from
+    ``mirrored``, the latents of the mirrored images, with probability 1/2 (drawn after the indices, as the
+    pixel flip is)."""
     images = compact(data.images).to(device)
-    labels = data.labels.to(device) if cfg.model.num_classes and data.labels is not None else None
+    condition = None if condition is None else condition.to(device)
+    mirrored = None if mirrored is None else mirrored.to(device)
 
     def batch():
         idx = torch.randint(0, len(images), (per_rank,), device=device, generator=gen)
-        return images[idx], None if labels is None else labels[idx]
+        x = images[idx]
+        if mirrored is not None:
+            flip = torch.rand(per_rank, device=device, generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], mirrored[idx], x)
+        return x, None if condition is None else condition[idx]
     return batch
+
+
+def _condition(data: ImageDataset, cfg: RunConfig) -> torch.Tensor | None:
+    """What the network is conditioned on for each image: labels, the captions' token ids, or nothing. A words
+    tokenizer's vocabulary is built from the captions of a new run (and saved in its config)."""
+    m = cfg.model
+    if is_text(m):
+        if m.text_encoder == "trained" and m.tokenizer == "words" and not m.vocabulary:
+            m.vocabulary = build_vocabulary(data.captions)
+        return tokenize(list(data.captions), m)
+    return data.labels if m.num_classes else None
+
+
+def _latent_data(data: ImageDataset, cfg: RunConfig, first_stage, progress: bool):
+    """A latent run's training set: the images' latents, encoded once (and the mirrored images' latents when
+    the run flips, since a mirrored image's latent is not exactly the mirrored latent)."""
+    latents = encode_images(first_stage, data.images, progress=progress)
+    mirrored = encode_images(first_stage, data.images.flip(-1), progress=progress) if flips(cfg.train) else None
+    return dataclasses.replace(data, images=latents.cpu()), None if mirrored is None else mirrored.cpu()
 
 
 def _streamed_batches(cfg: RunConfig, env: dist.DistEnv, device: torch.device, per_rank: int, step: int):
@@ -174,23 +214,34 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     dist.setup(env, device)
     tc = cfg.train
     saved = _saved_state(cfg, run_dir, resume)
-    check_model_config(cfg.model)
+    if not is_text(cfg.model):  # a text model's vocabulary comes from the data, so it is checked after them
+        check_model_config(cfg.model)
     rt.check_options(adamw_impl=tc.adamw_impl)
     r = cfg.runtime
     options = rt.resolve(device, precision=r.precision, memory_format=r.memory_format, compile=r.compile)
     per_rank = dist.per_rank_batch(tc.batch_size, env)
     torch.manual_seed(tc.seed)  # the initial weights (the same on every rank; DDP also sends rank 0's)
     streamed = data is None and shards.is_shard_folder(tc.data)
+    first_stage = mirrored = condition = None
+    if tc.autoencoder:
+        first_stage = _first_stage(tc.autoencoder, run_dir, env, device)
     if streamed:
+        if first_stage is not None or is_text(cfg.model):
+            raise UserError("latent and text runs train from a data set held in memory, not from shards")
         check_shards(shards.read_meta(tc.data), cfg)
     else:
         if data is None:
-            data = load_dataset(tc.data, tc.data_dir, image_size=cfg.model.image_size,
-                                channels=cfg.model.in_channels, skip_bad_images=tc.skip_bad_images)
+            c, h, w = image_shape(first_stage) if first_stage else (cfg.model.in_channels, *cfg.model.image_size)
+            data = load_dataset(tc.data, tc.data_dir, image_size=(h, w), channels=c,
+                                skip_bad_images=tc.skip_bad_images, caption_column=tc.caption_column)
+        if first_stage is not None:
+            data, mirrored = _latent_data(data, cfg, first_stage, progress and env.is_main)
         check_data(data, cfg)
+        condition = _condition(data, cfg)
+    check_model_config(cfg.model)
     state = _train_state(cfg, options, env, saved)
     batches = (_streamed_batches(cfg, env, device, per_rank, state.step) if streamed
-               else _memory_batches(data, cfg, device, per_rank, state.generator))
+               else _memory_batches(data, cfg, device, per_rank, state.generator, condition, mirrored))
     if env.enabled and env.is_main:
         say(f"training on {env.world_size} processes: {per_rank} images each per step (batch {tc.batch_size})")
     if env.is_main:
@@ -214,17 +265,20 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     def preview() -> None:
         if env.is_main:
             g = torch.Generator("cpu").manual_seed(tc.seed)
+            n = tc.num_sample_images
             k = cfg.model.num_classes  # a conditional model previews its classes in turn
-            y = torch.arange(tc.num_sample_images) % k if k else None
-            x = Run.of(state.ema, cfg).sample(tc.num_sample_images, generator=g, progress=False, y=y,
-                                              runtime=preview_runtime, sampling=preview_sampling)
+            y = torch.arange(n) % k if k else None
+            if condition is not None and is_text(cfg.model):  # a text model: the first captions of the data
+                y = condition[torch.arange(n) % len(condition)]
+            x = Run.of(state.ema, cfg, first_stage).sample(n, generator=g, progress=False, y=y,
+                                                           runtime=preview_runtime, sampling=preview_sampling)
             save_grid(x, run_dir / "samples" / f"step_{state.step:07d}_{PREVIEW_SAMPLER}-{preview_sampling.steps}.png")
 
     try:
         with signals.installed():
             try:
                 _loop(state, batches, logger, save, preview, progress=progress and env.is_main,
-                      stop=lambda: dist.any_rank(signals.pending, env))
+                      stop=lambda: dist.any_rank(signals.pending, env), flip=flips(tc) and first_stage is None)
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM (preemption) at the end of a step: save, then stop
                 save()
                 logger.close()
@@ -240,11 +294,23 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     return run_dir
 
 
+def _first_stage(source: str, run_dir: Path, env: dist.DistEnv, device: torch.device):
+    """A latent run's autoencoder on ``device``: rank 0 keeps a copy in the run folder (a resume reads that
+    copy), the other ranks read it once it is there."""
+    if env.is_main:
+        first_stage = keep_autoencoder(source, run_dir)
+    dist.barrier(env)
+    if not env.is_main:
+        first_stage = run_autoencoder(run_dir)
+    first_stage.autoencoder.to(device).eval().requires_grad_(False)
+    return first_stage
+
+
 def _nothing_recorded(run_dir: Path) -> bool:
     """Whether a run folder holds only what a run writes before its first log line (its config, the lock)."""
     if not run_dir.is_dir():
         return False
-    return all(p.name in (ckpt.CONFIG, LOCK) or (p.name == "log.jsonl" and p.stat().st_size == 0)
+    return all(p.name in (ckpt.CONFIG, LOCK, AUTOENCODER_DIR) or (p.name == "log.jsonl" and p.stat().st_size == 0)
                for p in run_dir.iterdir())
 
 
@@ -315,7 +381,8 @@ def _train_state(cfg: RunConfig, options: rt.Resolved, env: dist.DistEnv, saved:
                              compile=options.compile)
     model.checkpointing = tc.activation_checkpointing
     objective.gather = dist.gather_fn(env)  # the loss-aware t sampler learns from every rank's losses
-    return TrainState(network, model, ema, optimizer, objective, gen, tc, null_label=cfg.model.num_classes,
+    null = null_tokens(cfg.model, 1)[0].to(device) if is_text(cfg.model) else cfg.model.num_classes
+    return TrainState(network, model, ema, optimizer, objective, gen, tc, null_label=null,
                       step=step, scaler=scaler, skipped=skipped, rank=env.rank,
                       no_sync=getattr(wrapped, "no_sync", contextlib.nullcontext), all_ranks=dist.all_true_fn(env))
 
@@ -338,11 +405,10 @@ def _load_scaler(scaler: torch.amp.GradScaler | None, extra: dict[str, torch.Ten
 
 
 def _loop(state: TrainState, batches, logger: "_Logger", save, preview, *, progress: bool,
-          stop=lambda: False) -> None:
+          stop=lambda: False, flip: bool = False) -> None:
     """Train from ``state.step`` to the configured steps: a batch (``batches()``: images, labels or None),
     ``train_step``, then logs, checkpoints and previews at their intervals."""
     tc, gen = state.config, state.generator
-    flip = flips(tc)
     loss_sum = torch.zeros((), device=next(state.model.parameters()).device)
     loss_count = 0
     t_start, step_start = time.perf_counter(), state.step

@@ -35,11 +35,17 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator) -> torch.Tensor:
-    """Ho & Salimans (2022) Algorithm 1: each label becomes the "no label" index with probability p_uncond."""
+def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int | torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+    """Ho & Salimans (2022) Algorithm 1: each label becomes the "no label" index with probability p_uncond.
+
+    For a text model ``y`` holds (N, L) token ids and ``null_label`` the (L,) tokens of the empty caption:
+    each caption becomes the empty one with probability p_uncond (LDM's caption dropout)."""
     if p_uncond <= 0:
         return y
-    drop = torch.rand(y.shape, device=y.device, generator=generator) < p_uncond
+    drop = torch.rand(y.shape[:1], device=y.device, generator=generator) < p_uncond
+    if isinstance(null_label, torch.Tensor):
+        return torch.where(drop[:, None], null_label.to(y.device).expand_as(y), y)
     return torch.where(drop, torch.full_like(y, null_label), y)
 
 
@@ -124,7 +130,7 @@ class TrainState:
     objective: Objective
     generator: torch.Generator
     config: TrainConfig
-    null_label: int | None = None  # a conditional model's "no label" index
+    null_label: int | torch.Tensor | None = None  # a conditional model's "no label" index, or the empty caption
     step: int = 0
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler (``ddpm.runtime.grad_scaler``)
     skipped: int = 0  # steps skipped for a non-finite loss or gradient, over the whole run
