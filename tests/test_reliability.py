@@ -182,6 +182,13 @@ def test_atomically_written_files_get_the_usual_permissions(tmp_path):
     (tmp_path / "plain.txt").write_text("x")
     write_text_atomic(tmp_path / "atomic.txt", "x")
     assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+    # safetensors creates its file anew, with its own mode: the mode is set after writing
+    from safetensors.torch import save_file
+
+    from ddpm.io import atomic_write
+
+    atomic_write(tmp_path / "w.safetensors", lambda tmp: save_file({"w": torch.zeros(2)}, tmp))
+    assert (tmp_path / "w.safetensors").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
 
 
 @pytest.mark.parametrize("kind", ["tensorboard", "wandb"])

@@ -34,8 +34,15 @@ def quiet() -> bool:
 def progress_bar(iterable=None, *, disable: bool = False, **options):
     """A tqdm progress bar (rate and ETA), off when asked, when ``ddpm -q`` runs, or when stderr is not a
     terminal (a log file or a pipe would fill with carriage returns) unless in a Jupyter notebook."""
-    shown = sys.stderr.isatty() or "ipykernel" in sys.modules
+    shown = sys.stderr.isatty() or _in_notebook()
     return tqdm(iterable, disable=disable or quiet() or not shown, **options)
+
+
+def _in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (an imported ipykernel alone, as in a test, is not one)."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def say(message: str) -> None:
@@ -46,6 +53,11 @@ def say(message: str) -> None:
 
 _UMASK = os.umask(0)  # read once (it can only be read by setting it) and put straight back
 os.umask(_UMASK)
+
+
+def umask() -> int:
+    """The process's file-mode creation mask (read once, at import)."""
+    return _UMASK
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
@@ -59,8 +71,10 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); a saved file gets the usual mode
         write(tmp)
+        # mkstemp makes the file private (0600), and some writers (safetensors) create it anew: the saved file
+        # gets the usual mode, set after writing.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

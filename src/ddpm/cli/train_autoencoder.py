@@ -4,7 +4,7 @@ The encoder compresses each side of an image by f = 2^(L-1) (``--factor``, or th
 ``--channel-mult``) into ``--latent-channels`` channels; training minimises L1 + KL (and optionally LPIPS
 and a PatchGAN's hinge loss), measures PSNR and SSIM on held-out images and ends by measuring the latent
 scale. Image size and channels default to the data set's (digits 8x8 grey, MNIST 32x32 grey, CIFAR-10
-32x32 RGB, a folder 64x64 RGB), the factor to 2 for digits and 4 otherwise; ``--resume`` continues the
+32x32 RGB, mnist-pairs 32x64 grey, a folder 64x64 RGB), the factor to 2 for digits and 4 otherwise; ``--resume`` continues the
 run in ``--out`` with its own settings.
 Train a latent diffusion model on the result with ``ddpm train --autoencoder RUN``.
 """
@@ -39,10 +39,10 @@ EXAMPLES = (
 
 # (image size, channels) of the named sets; other data: 64x64 RGB unless --image-size / --in-channels.
 DATA_SHAPES = {"digits": ((8, 8), 1), "mnist": ((32, 32), 1), "fashion-mnist": ((32, 32), 1),
-               "cifar10": ((32, 32), 3)}
+               "cifar10": ((32, 32), 3), "mnist-pairs": ((32, 64), 1)}
 DEFAULT_FACTOR = {"digits": 2}  # 8x8 digits to 4x4 latents; everything else f = 4 (LDM's best trade-off)
 # Narrower first levels where a CPU must train the run in minutes (each level costs about the same).
-DEFAULT_BASE_CHANNELS = {"mnist": 16, "fashion-mnist": 16}
+DEFAULT_BASE_CHANNELS = {"mnist": 16, "fashion-mnist": 16, "mnist-pairs": 16}
 MULTS = (1, 2, 4, 4)  # LDM's channel multipliers (f = 8: 1,2,4,4); f = 2^(L-1) takes the first L
 
 

@@ -20,7 +20,7 @@ import torch
 
 from ddpm.config import ModelConfig
 from ddpm.errors import UserError
-from ddpm.io import progress_bar
+from ddpm.io import progress_bar, umask
 from ddpm.models.autoencoder import FirstStage
 from ddpm.models.autoencoder_io import load_autoencoder, save_autoencoder
 from ddpm.models.text import tokenize
@@ -41,6 +41,7 @@ def keep_autoencoder(source: str | Path, run_dir: Path) -> FirstStage:
     tmp = Path(tempfile.mkdtemp(prefix=".autoencoder-", suffix=".tmp", dir=run_dir))
     try:
         save_autoencoder(tmp, first_stage.autoencoder, cfg)
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes the folder private; a kept folder gets the usual mode
         tmp.rename(kept)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
