@@ -236,6 +236,7 @@ def main() -> None:
         result["models"][name] = r
         print(f"{name}: {r['final']}", flush=True)
         write_text_atomic(out / "text_to_image.json", json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out / "text_to_image.md", markdown(result))  # a run cut short still has its table
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     write_text_atomic(out / "text_to_image.json", json.dumps(result, indent=2) + "\n")
     write_text_atomic(out / "text_to_image.md", markdown(result))

@@ -223,21 +223,12 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     torch.manual_seed(tc.seed)  # the initial weights (the same on every rank; DDP also sends rank 0's)
     streamed = data is None and shards.is_shard_folder(tc.data)
     first_stage = mirrored = condition = None
-    if tc.autoencoder:
-        first_stage = _first_stage(tc.autoencoder, run_dir, env, device)
     if streamed:
-        if first_stage is not None or is_text(cfg.model):
+        if tc.autoencoder or is_text(cfg.model):
             raise UserError("latent and text runs train from a data set held in memory, not from shards")
         check_shards(shards.read_meta(tc.data), cfg)
     else:
-        if data is None:
-            c, h, w = image_shape(first_stage) if first_stage else (cfg.model.in_channels, *cfg.model.image_size)
-            data = load_dataset(tc.data, tc.data_dir, image_size=(h, w), channels=c,
-                                skip_bad_images=tc.skip_bad_images, caption_column=tc.caption_column)
-        if first_stage is not None:
-            data, mirrored = _latent_data(data, cfg, first_stage, progress and env.is_main)
-        check_data(data, cfg)
-        condition = _condition(data, cfg)
+        data, first_stage, mirrored, condition = _training_set(cfg, data, run_dir, env, device, progress)
     check_model_config(cfg.model)
     state = _train_state(cfg, options, env, saved)
     batches = (_streamed_batches(cfg, env, device, per_rank, state.step) if streamed
@@ -292,6 +283,25 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
         preview()
     logger.close()
     return run_dir
+
+
+def _training_set(cfg: RunConfig, data: ImageDataset | None, run_dir: Path, env: dist.DistEnv,
+                  device: torch.device, progress: bool):
+    """(the set training draws from, a latent run's first stage, the mirrored latents, the condition): the data
+    set loaded (at the autoencoder's image size for a latent run), encoded for a latent run, checked against
+    the model, and its labels or captions made into what the network is conditioned on."""
+    tc = cfg.train
+    first_stage = mirrored = None
+    if tc.autoencoder:
+        first_stage = _first_stage(tc.autoencoder, run_dir, env, device)
+    if data is None:
+        c, h, w = image_shape(first_stage) if first_stage else (cfg.model.in_channels, *cfg.model.image_size)
+        data = load_dataset(tc.data, tc.data_dir, image_size=(h, w), channels=c,
+                            skip_bad_images=tc.skip_bad_images, caption_column=tc.caption_column)
+    if first_stage is not None:
+        data, mirrored = _latent_data(data, cfg, first_stage, progress and env.is_main)
+    check_data(data, cfg)
+    return data, first_stage, mirrored, _condition(data, cfg)
 
 
 def _first_stage(source: str, run_dir: Path, env: dist.DistEnv, device: torch.device):
