@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -73,6 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--data", default="digits", choices=sorted(DATASETS), help="(default: digits)")
     p.add_argument("--data-dir", help="folder with the named set's original files (MNIST: the IDX files)")
     p.add_argument("--ours", help="reuse this trained run instead of training one")
+    p.add_argument("--ours-flags", default="", help="extra flags of ours' ddpm train, e.g. '--precision fp32' "
+                   "(a CPU without bf16)")
     p.add_argument("--budget", type=float, help="training seconds per peer (default: ours' wall time)")
     p.add_argument("--n", type=int, default=1000, help="samples per model (default: 1000)")
     p.add_argument("--sampler", choices=["ancestral", "ddim"], help="(default: per data set, see above)")
@@ -122,6 +125,7 @@ def train_ours(args, out: Path, device) -> tuple[Path, float, dict]:
     cmd = [sys.executable, "-m", "ddpm.cli", "train", "--data", args.data, "--out", str(run), "--device", str(device)]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
+    cmd += shlex.split(args.ours_flags)
     print("training ours:", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)

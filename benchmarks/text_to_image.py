@@ -161,7 +161,8 @@ def picture(run_dir: Path, path: Path, args) -> None:
 def markdown(result: dict) -> str:
     ae = result["autoencoder"]
     lines = [f"Autoencoder (f = 4, 4 latent channels): held-out PSNR {ae['psnr']:.2f} dB, SSIM {ae['ssim']:.3f}, "
-             f"{ae['train_seconds'] / 60:.1f} min. Digit classifier: "
+             + ("reused from an earlier run" if ae["train_seconds"] is None else f"{ae['train_seconds'] / 60:.1f} min")
+             + ". Digit classifier: "
              f"{result['classifier']['eval_digits_accuracy']:.4f} on halves of the evaluation digits.", "",
              "| model | train min | images/s | min to 90% seen (quick) | seen pairs | held-out pairs | swapped | "
              "classifier-FID |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -186,6 +187,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out/text_to_image")
     ap.add_argument("--models", default="latent,pooled,pixel", help="which rows to train")
     ap.add_argument("--ae-steps", type=int, default=2000)
+    ap.add_argument("--autoencoder", help="reuse this trained autoencoder run instead of training one")
     ap.add_argument("--train-steps", default="latent=5600,pooled=3000,pixel=160",
                     help="training steps per model (batch 64); the defaults take about 40, 15 and 15 minutes")
     ap.add_argument("--chunks", type=int, default=4)
@@ -210,13 +212,13 @@ def main() -> None:
     result = {"command": "python " + " ".join(sys.argv), "classifier": cinfo, "models": {},
               "settings": {k: v for k, v in vars(args).items() if k != "quick_pairs"}}
     t1 = time.perf_counter()
-    ae = out / "autoencoder"
-    if ddpm(["train-autoencoder", "--data", "mnist-pairs", "--data-dir", args.data_dir, "--image-size", "32,64",
-             "--in-channels", "1", "--factor", "4", "--latent-channels", "4", "--steps", str(args.ae_steps),
-             "--out", str(ae), "-q"]):
+    ae = Path(args.autoencoder) if args.autoencoder else out / "autoencoder"
+    if not args.autoencoder and ddpm(["train-autoencoder", "--data", "mnist-pairs", "--data-dir", args.data_dir,
+                                      "--image-size", "32,64", "--in-channels", "1", "--factor", "4",
+                                      "--latent-channels", "4", "--steps", str(args.ae_steps), "--out", str(ae), "-q"]):
         raise SystemExit("training the autoencoder failed")
-    result["autoencoder"] = {"train_seconds": round(time.perf_counter() - t1, 1),
-                             **json.loads((ae / "metrics.json").read_text())}
+    result["autoencoder"] = {"train_seconds": None if args.autoencoder else round(time.perf_counter() - t1, 1),
+                             "run": str(ae), **json.loads((ae / "metrics.json").read_text())}
     print(f"autoencoder: {result['autoencoder']}", flush=True)
     ev_digits, ev_labels = eval_pool(args.data_dir)
     seen = [p for p in ALL_PAIRS if p not in HELD_OUT_PAIRS]

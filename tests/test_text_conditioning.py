@@ -112,6 +112,19 @@ def test_text_encoder_gives_a_context_and_the_real_tokens():
     assert mask.tolist() == [[True] * 5 + [False] * 3, [True] * 2 + [False] * 6]
 
 
+def test_a_fresh_text_encoder_tells_word_order_apart():
+    """Swapping two words must change the context by more than moving its rows: the positions have to carry
+    a real share of the input (with N(0, 1) token embeddings and N(0, 0.02^2) positions they carried 1/50)."""
+    torch.manual_seed(0)
+    cfg = text_config(vocabulary=build_vocabulary(["red then blue"]), text_width=128, text_layers=2, num_heads=4)
+    encoder = TextEncoder(cfg)
+    a, _ = encoder(tokenize(["red then blue"], cfg))
+    b, _ = encoder(tokenize(["blue then red"], cfg))
+    moved = b[:, [0, 3, 2, 1, 4]]  # BOS blue then red EOS: rows of "blue" and "red" put back in a's order
+    change = (moved - a[:, :5]).norm() / a[:, :5].norm()
+    assert change > 0.1, f"the word order changes the context by {change:.3f} of its size"
+
+
 def test_real_tokens_end_at_the_first_eos_even_when_pad_is_eos():
     eos = 9  # CLIP pads with its end token
     tokens = torch.tensor([[5, 7, 9, 9, 9], [5, 9, 9, 9, 9]])

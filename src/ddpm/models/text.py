@@ -132,8 +132,12 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.width = cfg.text_width
+        # CLIP's initialisation (Radford et al. 2021): tokens N(0, 0.02^2), positions N(0, 0.01^2). With
+        # nn.Embedding's N(0, 1) the positions were 1/50 of a token and the word order barely reached the
+        # layers: a model then drew the two digits named but on either side.
         self.token = nn.Embedding(vocab_size(cfg), cfg.text_width)
-        self.position = nn.Parameter(torch.randn(cfg.max_tokens, cfg.text_width) * 0.02)
+        nn.init.normal_(self.token.weight, std=0.02)
+        self.position = nn.Parameter(torch.randn(cfg.max_tokens, cfg.text_width) * 0.01)
         self.layers = nn.ModuleList(TextEncoderLayer(cfg.text_width, cfg.num_heads) for _ in range(cfg.text_layers))
         self.norm = nn.LayerNorm(cfg.text_width)
 
