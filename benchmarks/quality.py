@@ -109,6 +109,8 @@ def count_params(m: torch.nn.Module) -> int:
 def train_ours(args, out: Path, device) -> tuple[Path, float, dict]:
     """(run folder, wall seconds, info): ``ddpm train`` with its defaults, timed from outside."""
     if args.ours:
+        if args.ours_flags:
+            sys.exit("--ours-flags change how ours trains; they cannot apply to a run reused with --ours")
         run = Path(args.ours)
         timing = run / "bench_wall.json"
         if timing.is_file():

@@ -160,9 +160,9 @@ def picture(run_dir: Path, path: Path, args) -> None:
 
 def markdown(result: dict) -> str:
     ae = result["autoencoder"]
+    ae_time = "reused from an earlier run" if ae["train_seconds"] is None else f"{ae['train_seconds'] / 60:.1f} min"
     lines = [f"Autoencoder (f = 4, 4 latent channels): held-out PSNR {ae['psnr']:.2f} dB, SSIM {ae['ssim']:.3f}, "
-             + ("reused from an earlier run" if ae["train_seconds"] is None else f"{ae['train_seconds'] / 60:.1f} min")
-             + ". Digit classifier: "
+             f"{ae_time}. Digit classifier: "
              f"{result['classifier']['eval_digits_accuracy']:.4f} on halves of the evaluation digits.", "",
              "| model | train min | images/s | min to 90% seen (quick) | seen pairs | held-out pairs | swapped | "
              "classifier-FID |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -200,6 +200,8 @@ def main() -> None:
     args = ap.parse_args()
     args.train_steps = {k: int(v) for k, v in (kv.split("=") for kv in args.train_steps.split(","))}
     args.final_pairs = dict(kv.split("=") for kv in args.final_pairs.split(","))
+    if args.autoencoder and not (Path(args.autoencoder) / "metrics.json").is_file():
+        ap.error(f"--autoencoder {args.autoencoder}: no metrics.json there; pass a ddpm train-autoencoder run folder")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
