@@ -17,7 +17,8 @@ diffusion models train on and tested on halves built from the held-out evaluatio
 10 held-out pairs, the swapped-order rate (the two digits drawn on the wrong sides), the accuracy per
 template, and the classifier-FID of the seen-pair canvases (features: the digit classifier's features of
 the two halves, concatenated) against canvases of the evaluation digits. Writes OUT/text_to_image.json,
-OUT/text_to_image.md and one picture per model (OUT/prompts_MODEL.png, one row per prompt).
+OUT/text_to_image.md and one picture per model (OUT/prompts_MODEL.png, one row per prompt); the trained runs
+go to ``--runs`` (default bench_out/text_to_image_runs), away from the result files.
 
     .venv/bin/python benchmarks/text_to_image.py --out benchmarks/results/text_to_image   # the issue's budget
     .venv/bin/python benchmarks/text_to_image.py --ae-steps 100 --train-steps latent=40,pooled=40,pixel=4 \\
@@ -127,11 +128,11 @@ def score(run_dir: Path, classifier, args, *, per_prompt: int, pairs=ALL_PAIRS, 
     return res
 
 
-def train_chunks(name: str, flags: list[str], out: Path, classifier, args) -> dict:
+def train_chunks(name: str, flags: list[str], runs: Path, classifier, args) -> dict:
     """Train ``name`` for its ``--train-steps`` in ``--chunks`` chunks (each a --resume of the last, at a
     constant learning rate: bit for bit the uninterrupted run), scoring 20 seen pairs quickly after each;
     returns the curve and the times."""
-    run_dir = out / name
+    run_dir = runs / name
     curve, train_s = [], 0.0
     total = args.train_steps[name]
     for k in range(1, args.chunks + 1):
@@ -184,7 +185,9 @@ def markdown(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=str(MNIST), help="MNIST IDX files (default: ../shared/data/mnist)")
-    ap.add_argument("--out", default="bench_out/text_to_image")
+    ap.add_argument("--out", default="bench_out/text_to_image", help="folder of the result files and pictures")
+    ap.add_argument("--runs", default="bench_out/text_to_image_runs",
+                    help="folder of the trained runs (kept apart from the results: about 700 MB)")
     ap.add_argument("--models", default="latent,pooled,pixel", help="which rows to train")
     ap.add_argument("--ae-steps", type=int, default=2000)
     ap.add_argument("--autoencoder", help="reuse this trained autoencoder run instead of training one")
@@ -202,7 +205,7 @@ def main() -> None:
     args.final_pairs = dict(kv.split("=") for kv in args.final_pairs.split(","))
     if args.autoencoder and not (Path(args.autoencoder) / "metrics.json").is_file():
         ap.error(f"--autoencoder {args.autoencoder}: no metrics.json there; pass a ddpm train-autoencoder run folder")
-    out = Path(args.out)
+    out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -214,7 +217,7 @@ def main() -> None:
     result = {"command": "python " + " ".join(sys.argv), "classifier": cinfo, "models": {},
               "settings": {k: v for k, v in vars(args).items() if k != "quick_pairs"}}
     t1 = time.perf_counter()
-    ae = Path(args.autoencoder) if args.autoencoder else out / "autoencoder"
+    ae = Path(args.autoencoder) if args.autoencoder else runs / "autoencoder"
     if not args.autoencoder and ddpm(["train-autoencoder", "--data", "mnist-pairs", "--data-dir", args.data_dir,
                                       "--image-size", "32,64", "--in-channels", "1", "--factor", "4",
                                       "--latent-channels", "4", "--steps", str(args.ae_steps), "--out", str(ae), "-q"]):
@@ -230,13 +233,13 @@ def main() -> None:
     flags = {"latent": ["--autoencoder", str(ae)], "pooled": ["--autoencoder", str(ae), "--text-injection", "pooled"],
              "pixel": []}
     for name in args.models.split(","):
-        r = train_chunks(name, ["--base-channels", str(args.width), "--lr-decay", "constant", *flags[name]], out,
+        r = train_chunks(name, ["--base-channels", str(args.width), "--lr-decay", "constant", *flags[name]], runs,
                          classifier, args)
         pairs = ALL_PAIRS if args.final_pairs.get(name, "all") == "all" else args.quick_pairs + list(HELD_OUT_PAIRS)
         r["final_pairs"] = len(pairs)
-        r["final"] = score(out / name, classifier, args, per_prompt=args.per_prompt, pairs=pairs,
+        r["final"] = score(runs / name, classifier, args, per_prompt=args.per_prompt, pairs=pairs,
                            real_features=real_features)
-        picture(out / name, out / f"prompts_{name}.png", args)
+        picture(runs / name, out / f"prompts_{name}.png", args)
         result["models"][name] = r
         print(f"{name}: {r['final']}", flush=True)
         write_text_atomic(out / "text_to_image.json", json.dumps(result, indent=2) + "\n")
