@@ -60,6 +60,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import _cpu_line, cpu_info  # noqa: E402  (the CPU's model and flags, as speed.py records them)
+
 METRICS = ["fid", "kid", "precision_recall", "confidence"]
 # Per data set: the peers' shapes at ours' preset (levels, attention at the lowest resolution) and the
 # default sampling. lucidrains downsamples between all its levels, diffusers in all blocks but the last.
@@ -410,7 +413,9 @@ def main(argv=None) -> dict:
     result = {"data": args.data, "n": args.n, "budget_s": budget, "device": str(device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "sampling": sampling, "recipe": train_cfg,
               "classifier": {"held_out_accuracy": clf_info["held_out_accuracy"], "path": clf_info["path"]},
-              "rows": rows, "targets": targets(rows) if args.data == "digits" else {}}
+              "rows": rows, "targets": targets(rows) if args.data == "digits" else {},
+              "cpu": cpu_info() if device.type == "cpu" else None,
+              "command": shlex.join(["python", "benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)])}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(to_markdown(result))
     print(to_markdown(result))
@@ -436,6 +441,7 @@ def to_markdown(r: dict) -> str:
             "| recall | % confident | class entropy |")
     lines = [f"# {r['data']} quality: {r['n']} samples each, {r['sampling']}, {r['budget_s']:.0f} s training budget, "
              f"{r['device']} ({r['threads']} threads)", "",
+             *[line.replace("speed.json", "results.json") for line in _cpu_line(r.get("cpu"))],
              f"Classifier held-out accuracy: {r['classifier']['held_out_accuracy']:.4f}", "", head,
              "|" + "---|" * (head.count("|") - 1)]
     for name, row in r["rows"].items():
@@ -448,6 +454,8 @@ def to_markdown(r: dict) -> str:
         lines.append(f"| {label} | {recipe} {cost}| {fd} | {row['kid_mean']:.4f} "
                      f"| {row['precision']:.3f} | {row['recall']:.3f} | {100 * row['confident_share']:.1f} "
                      f"| {row['class_entropy']:.4f} |")
+    if r.get("command"):
+        lines += ["", f"Command: `{r['command']}`"]
     if r["targets"]:
         lines += ["", "Issue 2 targets: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in r["targets"].items())]
     return "\n".join(lines) + "\n"

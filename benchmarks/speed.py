@@ -46,9 +46,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
+import shlex
 import statistics
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -81,6 +84,8 @@ PEERS = {
     "ddpm-cifar10": {"diffusers": dict(block_out_channels=(128, 256, 256, 256), attention_level=1),
                      "lucidrains": dict(dim=128, dim_mults=(1, 2, 2, 2))},
 }
+CPU_ALLOCATOR = {"choice": "auto"}  # set by main() from --cpu-allocator, for every row of the process
+ENV_KNOBS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "ATEN_CPU_CAPABILITY")
 OPTION_VALUES = {"precision": PRECISIONS, "memory_format": MEMORY_FORMATS, "compile": COMPILE_MODES,
                  "adamw_impl": ADAMW_IMPLS}
 
@@ -101,6 +106,9 @@ def parse_args(argv=None):
                    help="our rows: 'auto' (the device's defaults) or '+'-joined option values, e.g. "
                    "fp32, bf16+channels_last, bf16+default (default: auto,fp32)")
     p.add_argument("--peers", default="diffusers,lucidrains", help="comma-separated; '' for ours alone")
+    p.add_argument("--cpu-allocator", default="auto", choices=rt.CPU_ALLOCATORS,
+                   help="malloc for the whole process, every row alike (ddpm.runtime; auto: keep on a glibc CPU, "
+                        "as ddpm train does)")
     p.add_argument("--out", default="bench_out/speed", help="folder for speed.md and speed.json")
     return p.parse_args(argv)
 
@@ -229,6 +237,8 @@ def ours_sample_fn(cfg, model: nn.Module, batch: int, device, options: dict) -> 
     T = cfg.diffusion.timesteps
     grid = list(range(T // 2, T // 2 - steps, -1))  # mid-grid steps: every step draws noise
     run, runtime = Run.of(model, cfg), with_variant(cfg, options, device).runtime
+    # The process's malloc is main()'s --cpu-allocator for every row: the run must not switch it itself.
+    runtime = dataclasses.replace(runtime, cpu_allocator=CPU_ALLOCATOR["choice"])
 
     def step_fn() -> int:
         run.sample(batch, generator=gen, timesteps=grid, runtime=runtime, progress=False)
@@ -426,6 +436,7 @@ def main(argv=None) -> dict:
             raise SystemExit("--clock cpu times CPU work; use --clock wall on a GPU")
         CLOCK["now"] = time.process_time
     set_threads(args)
+    allocator = CPU_ALLOCATOR["choice"] = rt.configure_cpu_allocator(args.cpu_allocator, device)
     warnings.filterwarnings("ignore", category=FutureWarning)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -475,9 +486,12 @@ def main(argv=None) -> dict:
             row["sample_vs_diffusers"] = row["sample_evals_per_s"] / base["sample_evals_per_s"]
     result = {
         "device": describe(device), "cpu": cpu_info(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "clock": args.clock,
+        "threads": torch.get_num_threads(), "clock": args.clock, "cpu_allocator": allocator,
         "seconds": args.seconds, "rounds": args.rounds, "peak_gflops": peak,
         "peak_rounds": {k: rates[f"peak {k}"] for k in peaks}, "rows": table,
+        "command": shlex.join(["python", "benchmarks/speed.py", *(sys.argv[1:] if argv is None else argv)]),
+        # Variables that change which kernels run (ONEDNN_MAX_CPU_ISA=AVX512_CORE: a CPU without bf16 units).
+        "env": {k: os.environ[k] for k in ENV_KNOBS if k in os.environ},
     }
     (out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "speed.md").write_text(to_markdown(result))
@@ -526,21 +540,29 @@ def _cpu_line(cpu: dict | None) -> list[str]:
 def to_markdown(r: dict) -> str:
     peak = r["peak_gflops"]
     clock = "elapsed time" if r.get("clock", "wall") == "wall" else "CPU time of one thread"
-    lines = [f"# Speed: {r['device']}, torch {r['torch']}, {r['threads']} threads, {clock}",
-             "", *_cpu_line(r.get("cpu")), f"Matmul peak (median of {r['rounds']} interleaved rounds): fp32 {peak['fp32']:.0f} GFLOP/s, "
+    allocator = f", malloc {r['cpu_allocator']}" if r.get("cpu_allocator") else ""
+    lines = [f"# Speed: {r['device']}, torch {r['torch']}, {r['threads']} threads, {clock}{allocator}",
+             "", *_cpu_line(r.get("cpu")),
+             *([f"Environment: {' '.join(f'{k}={v}' for k, v in r['env'].items())}", ""] if r.get("env") else []),
+             f"Matmul peak (median of {r['rounds']} interleaved rounds): fp32 {peak['fp32']:.0f} GFLOP/s, "
              f"bf16 {peak['bf16']:.0f} GFLOP/s. Medians of {r['rounds']} rounds of {r['seconds'] / r['rounds']:.1f} s.",
              "", "| preset | model | config | precision | params | GFLOP/img fwd | FLOPs vs ours | train img/s "
-             "| train GFLOP/s | % bf16 peak | vs diffusers | sample evals/s | sample GFLOP/s | % bf16 peak "
+             "| train GFLOP/s | % peak | vs diffusers | sample evals/s | sample GFLOP/s | % peak "
              "| vs diffusers |", "|" + "---|" * 15]
+
+    def share(x, kind):  # of the matmul peak in the row's own precision (an fp32 row: the fp32 peak)
+        return 100 * x[f"{kind}_share_{'fp32' if x['precision'] == 'fp32' else 'bf16'}_peak"]
+
     for x in r["rows"]:
         lines.append(
             f"| {x['preset']} | {x['model']} | {x['config']} | {x['precision']} | {x['params'] / 1e6:.2f}M "
             f"| {x['gflop_forward']:.3f} | {x['flop_ratio']:.2f} | {x['train_images_per_s']:.1f} "
-            f"| {x['train_gflops']:.0f} | {100 * x['train_share_bf16_peak']:.0f}% "
+            f"| {x['train_gflops']:.0f} | {share(x, 'train'):.0f}% "
             f"| {x.get('train_vs_diffusers', float('nan')):.2f}x | {x['sample_evals_per_s']:.1f} "
-            f"| {x['sample_gflops']:.0f} | {100 * x['sample_share_bf16_peak']:.0f}% "
+            f"| {x['sample_gflops']:.0f} | {share(x, 'sample'):.0f}% "
             f"| {x.get('sample_vs_diffusers', float('nan')):.2f}x |")
-    lines += [""]
+    lines += ["", "% peak: the row's GFLOP/s as a share of the matmul peak in its own precision (fp32 rows: the "
+              "fp32 peak; bf16 rows: the bf16 peak).", ""]
     for preset in dict.fromkeys(x["preset"] for x in r["rows"]):
         rows = {x["model"]: x for x in r["rows"] if x["preset"] == preset}
         if "ours" not in rows:
@@ -553,6 +575,8 @@ def to_markdown(r: dict) -> str:
     lines += ["", "Our options per row: " + "; ".join(
         f"{x['preset']} {x['model']}: " + ", ".join(f"{k}={v}" for k, v in x["options"].items())
         for x in r["rows"] if x["family"] == "ours")]
+    if r.get("command"):
+        lines += ["", f"Command: `{r['command']}`"]
     return "\n".join(lines) + "\n"
 
 

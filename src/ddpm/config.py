@@ -26,7 +26,13 @@ from ddpm.diffusion.parametrization import PREDICTIONS
 from ddpm.diffusion.schedule import SCHEDULES
 from ddpm.diffusion.timestep_sampler import TIMESTEP_SAMPLERS
 from ddpm.errors import UserError
-from ddpm.runtime import ADAMW_IMPLS, COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
+from ddpm.runtime import (
+    ADAMW_IMPLS,
+    COMPILE_MODES,
+    CPU_ALLOCATORS,
+    MEMORY_FORMATS,
+    PRECISIONS,
+)
 
 # Named options are Literal types built from the registries of the code they name, so a new schedule,
 # loss or precision appears in configs, their checks and every CLI flag at once (``ddpm.cli._common``).
@@ -39,6 +45,7 @@ PrecisionName = Literal[PRECISIONS]
 MemoryFormatName = Literal[MEMORY_FORMATS]
 CompileModeName = Literal[COMPILE_MODES]
 AdamWImplName = Literal[ADAMW_IMPLS]
+CpuAllocatorName = Literal[CPU_ALLOCATORS]
 LoggerName = Literal["none", "tensorboard", "wandb"]
 # An option of the network itself (ddpm.models.layers reads the names from here).
 DOWNSAMPLE_PADDINGS = ("symmetric", "bottom_right")
@@ -180,6 +187,9 @@ class RuntimeConfig:
     memory_format: MemoryFormatName = doc("auto", "tensor layout (auto: contiguous)")
     compile: CompileModeName = doc("auto", "torch.compile mode (auto: none on CPU; on CUDA default for training, "
                                "reduce-overhead (CUDA graphs) for sampling)")
+    cpu_allocator: CpuAllocatorName = doc("auto", "on a CPU, keep freed memory in the process for reuse (keep: no "
+                                          "page faults on large activations each step) or leave malloc as it is "
+                                          "(system); auto: keep where the C library is glibc")
 
 
 @dataclass(slots=True)

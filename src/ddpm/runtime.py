@@ -29,11 +29,24 @@ each choice, with the commands that measure them, are in ``benchmarks/README.md`
 ``adamw_impl``: ``"fused"`` | ``"foreach"`` | ``"for-loop"``
     auto: fused where PyTorch has a fused AdamW kernel (CPU, CUDA), foreach elsewhere: one kernel for
     all parameters instead of one per tensor.
+``cpu_allocator``: ``"keep"`` | ``"system"`` (the C library's malloc, for the whole process)
+    ``"keep"`` tells glibc's malloc to keep freed memory for reuse instead of handing it back to the
+    system: no ``mmap`` for large blocks and no trimming of the heap (``configure_cpu_allocator``). PyTorch's
+    CPU allocator takes every tensor from malloc and frees it when the tensor dies, and glibc serves
+    blocks above its mmap threshold (at most 32 MiB) with fresh ``mmap`` pages and returns them with
+    ``munmap``, so a training step whose activations are large faults in and zeroes every page of them
+    again, step after step: the kernel's time, not the arithmetic. With ``"keep"`` the process reaches
+    its peak memory once and reuses it; its resident memory then stays at that peak until it exits.
+    auto: keep on a CPU device where the C library is glibc, system elsewhere (GPU memory has its own
+    caching allocator, and other C libraries have other knobs). It changes no value computed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import platform
 import weakref
 from dataclasses import dataclass
 
@@ -47,12 +60,13 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
 ADAMW_IMPLS = ("auto", "fused", "foreach", "for-loop")
+CPU_ALLOCATORS = ("auto", "keep", "system")
 
 
 def check_options(**options: str) -> None:
     """One-line errors for unknown option names (keys: precision, memory_format, compile, adamw_impl)."""
     known = {"precision": PRECISIONS, "memory_format": MEMORY_FORMATS, "compile": COMPILE_MODES,
-             "adamw_impl": ADAMW_IMPLS}
+             "adamw_impl": ADAMW_IMPLS, "cpu_allocator": CPU_ALLOCATORS}
     for name, value in options.items():
         if value not in known[name]:
             raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(known[name])}")
@@ -103,6 +117,48 @@ def resolve_adamw_impl(name: str, device) -> str:
     if name != "auto":
         return name
     return "fused" if torch.device(device).type in ("cpu", "cuda") else "foreach"
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+_allocator_kept = False
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def resolve_cpu_allocator(name: str, device) -> str:
+    check_options(cpu_allocator=name)
+    if name != "auto":
+        return name
+    return "keep" if torch.device(device).type == "cpu" and _glibc() is not None else "system"
+
+
+def configure_cpu_allocator(name: str, device) -> str:
+    """Apply ``cpu_allocator`` (see the module's docstring) to this process and return what it resolved to.
+
+    ``"keep"``: ``mallopt(M_MMAP_MAX, 0)`` (no block is served by ``mmap``), ``M_TRIM_THRESHOLD`` 2^30 and
+    ``M_TOP_PAD`` 64 MiB (freed memory stays in the heap). Process-wide and not undone: ``ddpm train`` and
+    the runs' sampling call it once; ``"system"`` leaves malloc as it is (it does not undo an earlier
+    ``"keep"``). Where glibc is missing, ``"keep"`` asked for by name is a one-line error."""
+    global _allocator_kept
+    choice = resolve_cpu_allocator(name, device)
+    if choice == "keep" and not _allocator_kept:
+        libc = _glibc()
+        if libc is None:
+            raise UserError("cpu_allocator 'keep' needs glibc (Linux); use --cpu-allocator system")
+        ok = libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) and \
+            libc.mallopt(_M_TOP_PAD, 64 << 20)
+        if not ok:
+            raise UserError("the C library refused the cpu_allocator 'keep' settings; use --cpu-allocator system")
+        _allocator_kept = True
+    return choice
 
 
 @dataclass(frozen=True)

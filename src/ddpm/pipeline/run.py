@@ -106,6 +106,7 @@ class Run:
         if r.device != "auto" and not same_device(resolve_device(r.device), self.device):
             raise UserError(f"the model is on {self.device}, the runtime asks for {r.device}; load the run there "
                             f"(load_run(path, {r.device!r}) or --device {r.device})")
+        rt.configure_cpu_allocator(r.cpu_allocator, self.device)
         return rt.runner(self.model, rt.resolve(self.device, precision=r.precision, memory_format=r.memory_format,
                                                 compile=r.compile, sampling=True))
 

@@ -219,6 +219,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     rt.check_options(adamw_impl=tc.adamw_impl)
     r = cfg.runtime
     options = rt.resolve(device, precision=r.precision, memory_format=r.memory_format, compile=r.compile)
+    rt.configure_cpu_allocator(r.cpu_allocator, device)
     per_rank = dist.per_rank_batch(tc.batch_size, env)
     torch.manual_seed(tc.seed)  # the initial weights (the same on every rank; DDP also sends rank 0's)
     streamed = data is None and shards.is_shard_folder(tc.data)
