@@ -18,7 +18,7 @@ PRESETS: dict[str, dict] = {
                    num_sample_images=36),
     ),
     # 28x28 MNIST / Fashion-MNIST, sized to train on a 2-core CPU in well under an hour
-    # (benchmarks/quality.py --data mnist measures it; benchmarks/README.md has the time).
+    # (benchmarks/quality.py --data mnist measures it: benchmarks/results/mnist_default/).
     "mnist": dict(
         model=dict(image_size=(28, 28), in_channels=1, base_channels=32, channel_mult=(1, 2, 2),
                    num_res_blocks=1, attention_resolutions=(7,), num_heads=4, dropout=0.1, norm_groups=8),

@@ -13,7 +13,8 @@ each choice, with the commands that measure them, are in ``benchmarks/README.md`
     Micikevicius et al. 2018; bfloat16 keeps float32's exponent range, so no loss scaling is needed).
     The network's output is cast back to float32, so losses and every sampler's arithmetic are float32.
     auto: bf16 where the hardware computes it natively (CPU with AVX512-BF16 or AMX, CUDA with compute
-    capability >= 8.0), else fp32: emulated bf16 is slower than fp32.
+    capability >= 8.0), else fp32: emulated bf16 is slower than fp32 (about half its speed with oneDNN kept
+    off the bf16 instructions; ``benchmarks/README.md``, "Float32 on the CPU").
     fp16 (asked for by name: GPUs with fast float16 but no bf16, such as V100 and T4) autocasts to float16,
     whose narrow exponent range underflows small gradients, so training scales the loss
     (``torch.amp.GradScaler``, ``grad_scaler``) and skips the steps whose gradients overflow.
