@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import _cpu_line, cpu_info  # noqa: E402
+from speed import cpu_info, cpu_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("setup", "test")
@@ -57,7 +58,7 @@ def run_fresh(name: str, command: str, repo: Path, logs: Path) -> dict:
     try:
         clone = work / "ddpm"
         subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
-        print(f"{name}: {command}", flush=True)
+        print(f"{name}: {command}  (output: {logs / f'{name}.log'}; minutes, no bar: tail it)", flush=True)
         t0 = time.perf_counter()
         with open(logs / f"{name}.log", "w") as log:
             rc = subprocess.run(["bash", "-c", command], cwd=clone, env=clean_env(), stdout=log,
@@ -71,7 +72,7 @@ def run_fresh(name: str, command: str, repo: Path, logs: Path) -> dict:
 
 def to_markdown(r: dict) -> str:
     lines = [f"# The README's set-up commands on a fresh clone (commit {r['commit'][:10]})", "",
-             *[line.replace("speed.json", "fresh_clone.json") for line in _cpu_line(r.get("cpu"))],
+             *cpu_line(r.get("cpu"), "fresh_clone.json"),
              f"Python {r['python']}; each command in a new clone, from no virtual environment.", "",
              "| command | minutes | exit status |", "|---|---|---|"]
     for c in r["commands"]:
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
                             text=True).stdout.strip().removeprefix("Python ")
     rows = [run_fresh(name, cmd, ROOT, logs) for name, cmd in commands.items() if args.only in (None, name)]
     result = {"commit": commit, "python": python, "cpu": cpu_info(), "commands": rows,
-              "command": " ".join(["python", "benchmarks/fresh_clone.py", *(sys.argv[1:] if argv is None else argv)])}
+              "command": shlex.join(["python", "benchmarks/fresh_clone.py", *(sys.argv[1:] if argv is None else argv)])}
     (out / "fresh_clone.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "fresh_clone.md").write_text(to_markdown(result))
     print(to_markdown(result))

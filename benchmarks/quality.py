@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import _cpu_line, cpu_info  # noqa: E402  (the CPU's model and flags, as speed.py records them)
+from speed import cpu_info, cpu_line  # noqa: E402  (the CPU's model and flags, as speed.py records them)
 
 METRICS = ["fid", "kid", "precision_recall", "confidence"]
 # Per data set: the peers' shapes at ours' preset (levels, attention at the lowest resolution) and the
@@ -441,7 +441,7 @@ def to_markdown(r: dict) -> str:
             "| recall | % confident | class entropy |")
     lines = [f"# {r['data']} quality: {r['n']} samples each, {r['sampling']}, {r['budget_s']:.0f} s training budget, "
              f"{r['device']} ({r['threads']} threads)", "",
-             *[line.replace("speed.json", "results.json") for line in _cpu_line(r.get("cpu"))],
+             *cpu_line(r.get("cpu"), "results.json"),
              f"Classifier held-out accuracy: {r['classifier']['held_out_accuracy']:.4f}", "", head,
              "|" + "---|" * (head.count("|") - 1)]
     for name, row in r["rows"].items():

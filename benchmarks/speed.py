@@ -84,7 +84,6 @@ PEERS = {
     "ddpm-cifar10": {"diffusers": dict(block_out_channels=(128, 256, 256, 256), attention_level=1),
                      "lucidrains": dict(dim=128, dim_mults=(1, 2, 2, 2))},
 }
-CPU_ALLOCATOR = {"choice": "auto"}  # set by main() from --cpu-allocator, for every row of the process
 ENV_KNOBS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "ATEN_CPU_CAPABILITY")
 OPTION_VALUES = {"precision": PRECISIONS, "memory_format": MEMORY_FORMATS, "compile": COMPILE_MODES,
                  "adamw_impl": ADAMW_IMPLS}
@@ -237,8 +236,6 @@ def ours_sample_fn(cfg, model: nn.Module, batch: int, device, options: dict) -> 
     T = cfg.diffusion.timesteps
     grid = list(range(T // 2, T // 2 - steps, -1))  # mid-grid steps: every step draws noise
     run, runtime = Run.of(model, cfg), with_variant(cfg, options, device).runtime
-    # The process's malloc is main()'s --cpu-allocator for every row: the run must not switch it itself.
-    runtime = dataclasses.replace(runtime, cpu_allocator=CPU_ALLOCATOR["choice"])
 
     def step_fn() -> int:
         run.sample(batch, generator=gen, timesteps=grid, runtime=runtime, progress=False)
@@ -369,7 +366,10 @@ def alternate(steps: dict[str, Callable[[], int]], args, device) -> dict[str, li
 
 def build_rows(preset: str, args, device) -> list[dict]:
     """Every row of one preset: its networks, FLOP counts and the two step functions."""
+    # Every row runs with main()'s --cpu-allocator (process-wide): the config says so, so that sampling
+    # through Run does not switch malloc for the rows after it.
     cfg = make_config(preset)
+    cfg.runtime.cpu_allocator = args.cpu_allocator_resolved
     cfg.runtime.device = str(device)
     shape = (cfg.model.in_channels, *cfg.model.image_size)
     train_batch = args.train_batch or cfg.train.batch_size
@@ -436,7 +436,7 @@ def main(argv=None) -> dict:
             raise SystemExit("--clock cpu times CPU work; use --clock wall on a GPU")
         CLOCK["now"] = time.process_time
     set_threads(args)
-    allocator = CPU_ALLOCATOR["choice"] = rt.configure_cpu_allocator(args.cpu_allocator, device)
+    allocator = args.cpu_allocator_resolved = rt.configure_cpu_allocator(args.cpu_allocator, device)
     warnings.filterwarnings("ignore", category=FutureWarning)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -528,13 +528,14 @@ def describe(device) -> str:
     return f"CPU {platform.processor() or platform.machine()} ({', '.join(flags) or 'no native bf16'})"
 
 
-def _cpu_line(cpu: dict | None) -> list[str]:
-    """The lscpu model and the flags that decide the fast paths (AVX-512, bf16, AMX), for the page."""
+def cpu_line(cpu: dict | None, result_file: str = "speed.json") -> list[str]:
+    """The lscpu model and the flags that decide the fast paths (AVX-512, bf16, AMX), for a result page
+    whose JSON (``result_file``) keeps all of the flags."""
     if not cpu:
         return []
     wanted = [f for f in cpu["flags"] if f.startswith(("avx512f", "avx512_bf16", "amx", "avx2", "fma"))]
     return [f"CPU: {cpu['model']}, {cpu.get('cores')} logical CPUs; flags: {' '.join(wanted) or 'none of note'} "
-            "(all of lscpu's flags are in speed.json).", ""]
+            f"(all of lscpu's flags are in {result_file}).", ""]
 
 
 def to_markdown(r: dict) -> str:
@@ -542,7 +543,7 @@ def to_markdown(r: dict) -> str:
     clock = "elapsed time" if r.get("clock", "wall") == "wall" else "CPU time of one thread"
     allocator = f", malloc {r['cpu_allocator']}" if r.get("cpu_allocator") else ""
     lines = [f"# Speed: {r['device']}, torch {r['torch']}, {r['threads']} threads, {clock}{allocator}",
-             "", *_cpu_line(r.get("cpu")),
+             "", *cpu_line(r.get("cpu")),
              *([f"Environment: {' '.join(f'{k}={v}' for k, v in r['env'].items())}", ""] if r.get("env") else []),
              f"Matmul peak (median of {r['rounds']} interleaved rounds): fp32 {peak['fp32']:.0f} GFLOP/s, "
              f"bf16 {peak['bf16']:.0f} GFLOP/s. Medians of {r['rounds']} rounds of {r['seconds'] / r['rounds']:.1f} s.",

@@ -26,6 +26,8 @@ import re
 import sys
 from pathlib import Path
 
+from ddpm.io import write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ("README.md", "benchmarks/README.md", "benchmarks/RESULTS.md")
 
@@ -117,10 +119,7 @@ def main(argv=None) -> int:
             print(f"{page}: a table differs from its result file (run benchmarks/tables.py)", file=sys.stderr)
         return 1 if stale else 0
     for page in stale:
-        path = ROOT / page
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text(sync(path.read_text()))
-        tmp.replace(path)
+        write_text_atomic(ROOT / page, sync((ROOT / page).read_text()))
         print(f"rewrote {page}")
     return 0
 

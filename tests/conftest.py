@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -14,6 +15,15 @@ from ddpm.presets import make_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DDPM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def load_script(path: str, name: str | None = None):
+    """A repository script that is not a package module (``benchmarks/x.py``, ``docs/hooks.py``), imported
+    from its path."""
+    spec = importlib.util.spec_from_file_location(name or Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

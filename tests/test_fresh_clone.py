@@ -1,18 +1,15 @@
 """benchmarks/fresh_clone.py reads the README's two set-up commands; here, from the README itself."""
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO as ROOT
+from tests.conftest import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("fresh_clone", ROOT / "benchmarks" / "fresh_clone.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/fresh_clone.py")
 
 
 def test_the_readme_set_up_commands_install_then_train_and_install_then_test():

@@ -225,6 +225,8 @@ def test_the_speed_benchmark_records_the_cpu_it_ran_on():
     spec.loader.exec_module(speed)
     cpu = speed.cpu_info()
     assert cpu["model"] and isinstance(cpu["flags"], list)
-    page = speed._cpu_line({"model": "Test CPU", "cores": "2", "flags": ["fpu", "avx2", "avx512_bf16"]})
+    page = speed.cpu_line({"model": "Test CPU", "cores": "2", "flags": ["fpu", "avx2", "avx512_bf16"]})
     assert page[0].startswith("CPU: Test CPU, 2 logical CPUs; flags: avx2 avx512_bf16")
-    assert speed._cpu_line(None) == []  # result files written before the CPU was recorded
+    assert "in speed.json" in page[0]
+    assert "in results.json" in speed.cpu_line({"model": "X", "cores": "1", "flags": []}, "results.json")[0]
+    assert speed.cpu_line(None) == []  # result files written before the CPU was recorded

@@ -1,19 +1,13 @@
 """benchmarks/tables.py: the tables of the benchmark pages are copies of the result files' tables."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def tables():
-    spec = importlib.util.spec_from_file_location("bench_tables", ROOT / "benchmarks" / "tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/tables.py", "bench_tables")
 
 
 def test_every_table_block_of_the_pages_matches_its_result_file(tables):

@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import platform
 import weakref
 from dataclasses import dataclass
@@ -65,7 +66,8 @@ CPU_ALLOCATORS = ("auto", "keep", "system")
 
 
 def check_options(**options: str) -> None:
-    """One-line errors for unknown option names (keys: precision, memory_format, compile, adamw_impl)."""
+    """One-line errors for unknown option names (keys: precision, memory_format, compile, adamw_impl,
+    cpu_allocator)."""
     known = {"precision": PRECISIONS, "memory_format": MEMORY_FORMATS, "compile": COMPILE_MODES,
              "adamw_impl": ADAMW_IMPLS, "cpu_allocator": CPU_ALLOCATORS}
     for name, value in options.items():
@@ -125,7 +127,10 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 _allocator_kept = False
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (looked up once: ``platform.libc_ver`` reads the interpreter's binary,
+    and every ``Run.network`` call resolves the allocator)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
