@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -59,6 +60,9 @@ from ddpm.io import resolve_device
 from ddpm.pipeline import SamplingOptions, load_run
 from ddpm.sampling import SAMPLERS
 from ddpm.sampling.noise import randn, seed_generators
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import provenance, provenance_lines  # noqa: E402  (CPU model and flags, the command)
 
 # diffusers variant -> the method (our sampler's name) it is compared with
 DIFFUSERS_VARIANTS = {"ddim": "ddim", "ddim-trailing": "ddim", "dpm++2m": "dpm++2m", "dpm++2m-lu": "dpm++2m",
@@ -237,7 +241,7 @@ def main(argv=None) -> dict:
     result = {"checkpoint": str(args.checkpoint), "data": data.name, "n": args.n, "ref_n": ref.num_images,
               "timesteps": T, "device": str(device), "real_data_fid": floor,
               "real_data_images": real_label, "classifier": extractor.info,
-              "rows": rows, "targets": targets(rows)}
+              "rows": rows, "targets": targets(rows), **provenance("fast_sampling.py", argv, device)}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (out / "results.md").write_text(markdown(result))
     plot(result, out / "fid_vs_nfe.png")
@@ -329,7 +333,8 @@ def markdown(result) -> str:
     errors = [r for r in rows if r.get("error")]
     for r in errors:
         lines.append(f"- {r['sampler']} @ {r['nfe']} NFE failed: {r['error']}")
-    return "\n".join(lines) + "\n"
+    lines += ["", *provenance_lines(result)]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def plot(result, path: Path) -> None:

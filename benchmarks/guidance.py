@@ -42,11 +42,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import provenance, provenance_lines  # noqa: E402  (CPU model and flags, the command)
 
 
 def parse_args(argv=None):
@@ -113,7 +117,10 @@ def conditional_run(args, data, out: Path, device):
 
 def noisy_classifier(args, data, run, out: Path, device):
     from ddpm.models.classifier import load_noisy_classifier, save_noisy_classifier
-    from ddpm.training.noisy_classifier import NoisyClassifierTrainConfig, train_noisy_classifier
+    from ddpm.training.noisy_classifier import (
+        NoisyClassifierTrainConfig,
+        train_noisy_classifier,
+    )
 
     path = args.classifier
     if not path:
@@ -224,6 +231,7 @@ def main(argv=None) -> dict:
         "fid_real_floor": frechet_distance(ref.fid, extract(extractor, real, device=device, progress=False)[0]),
         "fid_real_floor_images": real_label,
         "rows": rows,
+        **provenance("guidance.py", argv, device),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(to_markdown(results))
@@ -248,7 +256,8 @@ def to_markdown(r: dict) -> str:
         s = f"{row['classifier_scale']:g}" if "classifier_scale" in row else "-"
         lines.append(f"| {row['setting']} | {w} | {s} | {acc} | {row['fid']:.3f} ± {row['fid_se']:.3f} | "
                      f"{row['sample_seconds']:.0f} |")
-    return "\n".join(lines) + "\n"
+    lines += ["", *provenance_lines(r)]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def plot(r: dict, path: Path) -> None:

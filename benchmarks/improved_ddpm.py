@@ -43,6 +43,7 @@ import importlib.util
 import json
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -57,6 +58,9 @@ from ddpm.pipeline import SamplingOptions, load_run
 from ddpm.presets import make_config, preset_for_data
 from ddpm.training.loop import train
 from ddpm.viz.vlb import plot_loss_quartiles, plot_vlb_terms
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import provenance, provenance_lines  # noqa: E402  (CPU model and flags, the command)
 
 MODELS = {  # name -> (variance, loss)
     "simple": ("beta", "simple"),
@@ -182,7 +186,8 @@ def main(argv=None) -> dict:
         importlib.import_module("torch.utils.tensorboard")
     results: dict = {"data": data.name, "num_images": len(data), "seconds_budget": args.seconds, "device": str(device),
                      "n_fid": args.n_fid, "seed": args.seed, "grid": args.grid,
-                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "models": {}}
+                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "models": {},
+                     **provenance("improved_ddpm.py", argv, device)}
 
     # --- train both for the same wall time -----------------------------------------------------------
     for name in MODELS:
@@ -255,7 +260,8 @@ def to_markdown(r: dict, args) -> str:
         for steps, row in m.get("fid", {}).items():
             lines.append(f"| L_{name} | {steps} | {row['fid']:.3f} +- {row['fid_se']:.3f} | "
                          f"{row['relative_to_T_steps']:.3f} |")
-    return "\n".join(lines)
+    lines += ["", *provenance_lines(r)]
+    return "\n".join(lines).rstrip()
 
 
 if __name__ == "__main__":

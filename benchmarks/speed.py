@@ -538,6 +538,18 @@ def cpu_line(cpu: dict | None, result_file: str = "speed.json") -> list[str]:
             f"(all of lscpu's flags are in {result_file}).", ""]
 
 
+def provenance(script: str, argv, device) -> dict:
+    """What a result file records about where and how it was measured: the CPU (on a CPU run) and the
+    benchmark's own command line (``argv`` None: this process's)."""
+    return {"cpu": cpu_info() if getattr(device, "type", device) == "cpu" else None,
+            "command": shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])}
+
+
+def provenance_lines(r: dict, result_file: str = "results.json") -> list[str]:
+    """The CPU line and the command of a result recorded by :func:`provenance`, for its markdown page."""
+    return [*cpu_line(r.get("cpu"), result_file), *([f"Command: `{r['command']}`", ""] if r.get("command") else [])]
+
+
 def to_markdown(r: dict) -> str:
     peak = r["peak_gflops"]
     clock = "elapsed time" if r.get("clock", "wall") == "wall" else "CPU time of one thread"
