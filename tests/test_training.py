@@ -201,10 +201,11 @@ def test_a_second_trainer_on_the_same_run_folder_is_refused(tmp_path):
 def test_kill_9_at_random_moments_loses_nothing(tmp_path):
     """benchmarks/chaos.py at a small N: SIGKILL twice during a tiny run (start-up, steps or checkpoint
     writes), resume each time; no checkpoint is ever unreadable and the final weights are the uninterrupted
-    run's, bit for bit; nothing half-written is left behind."""
+    run's, bit for bit; nothing half-written is left behind. 120 steps, so that on a fast machine the run is
+    still going when the second kill comes (at 40, CI's run finished before it)."""
     from benchmarks.chaos import main as chaos
 
-    r = chaos(["--kills", "2", "--steps", "40", "--checkpoint-every", "4", "--tiny", "--min-seconds", "3",
+    r = chaos(["--kills", "2", "--steps", "120", "--checkpoint-every", "4", "--tiny", "--min-seconds", "3",
                "--max-seconds", "6", "--out", str(tmp_path)])
     assert r["kills"] == 2 and r["unreadable_checkpoints"] == 0 and r["failed_resumes"] == 0
     assert r["final_weights_equal"]
