@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import cpu_info, cpu_line  # noqa: E402
+from speed import cpu_line, provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("setup", "test")
@@ -97,8 +96,7 @@ def main(argv=None) -> int:
     python = subprocess.run(["bash", "-c", "python3 --version"], env=clean_env(), capture_output=True,
                             text=True).stdout.strip().removeprefix("Python ")
     rows = [run_fresh(name, cmd, ROOT, logs) for name, cmd in commands.items() if args.only in (None, name)]
-    result = {"commit": commit, "python": python, "cpu": cpu_info(), "commands": rows,
-              "command": shlex.join(["python", "benchmarks/fresh_clone.py", *(sys.argv[1:] if argv is None else argv)])}
+    result = {"commit": commit, "python": python, "commands": rows, **provenance("fresh_clone.py", argv, "cpu")}
     (out / "fresh_clone.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "fresh_clone.md").write_text(to_markdown(result))
     print(to_markdown(result))

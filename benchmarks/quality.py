@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import cpu_info, cpu_line  # noqa: E402  (the CPU's model and flags, as speed.py records them)
+from speed import cpu_line, provenance  # noqa: E402  (the CPU's model and flags, as speed.py records them)
 
 METRICS = ["fid", "kid", "precision_recall", "confidence"]
 # Per data set: the peers' shapes at ours' preset (levels, attention at the lowest resolution) and the
@@ -414,8 +414,7 @@ def main(argv=None) -> dict:
               "threads": torch.get_num_threads(), "sampling": sampling, "recipe": train_cfg,
               "classifier": {"held_out_accuracy": clf_info["held_out_accuracy"], "path": clf_info["path"]},
               "rows": rows, "targets": targets(rows) if args.data == "digits" else {},
-              "cpu": cpu_info() if device.type == "cpu" else None,
-              "command": shlex.join(["python", "benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)])}
+              **provenance("quality.py", argv, device)}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(to_markdown(result))
     print(to_markdown(result))
