@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from ddpm.data.datasets import load_dataset
 from ddpm.errors import UserError
-from ddpm.io import resolve_device
+from ddpm.io import resolve_device, write_text_atomic
 from ddpm.pipeline import SamplingOptions, load_run
 from ddpm.sampling import SAMPLERS
 from ddpm.sampling.noise import randn, seed_generators
@@ -242,8 +242,8 @@ def main(argv=None) -> dict:
               "timesteps": T, "device": str(device), "real_data_fid": floor,
               "real_data_images": real_label, "classifier": extractor.info,
               "rows": rows, "targets": targets(rows), **provenance("fast_sampling.py", argv, device)}
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "results.md").write_text(markdown(result))
+    write_text_atomic(out / "results.json", json.dumps(result, indent=2, default=str) + "\n")
+    write_text_atomic(out / "results.md", markdown(result))
     plot(result, out / "fid_vs_nfe.png")
     print((out / "results.md").read_text())
     return result

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ddpm.io import write_text_atomic
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import cpu_line, provenance  # noqa: E402
 
@@ -97,8 +99,8 @@ def main(argv=None) -> int:
                             text=True).stdout.strip().removeprefix("Python ")
     rows = [run_fresh(name, cmd, ROOT, logs) for name, cmd in commands.items() if args.only in (None, name)]
     result = {"commit": commit, "python": python, "commands": rows, **provenance("fresh_clone.py", argv, "cpu")}
-    (out / "fresh_clone.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "fresh_clone.md").write_text(to_markdown(result))
+    write_text_atomic(out / "fresh_clone.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "fresh_clone.md", to_markdown(result))
     print(to_markdown(result))
     return 0 if all(r["exit_status"] == 0 for r in rows) else 1
 

@@ -49,6 +49,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ddpm.io import write_text_atomic
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import provenance, provenance_lines  # noqa: E402  (CPU model and flags, the command)
 
@@ -233,8 +235,8 @@ def main(argv=None) -> dict:
         "rows": rows,
         **provenance("guidance.py", argv, device),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(to_markdown(results))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "results.md", to_markdown(results))
     plot(results, out / "tradeoff.png")
     print(to_markdown(results))
     return results

@@ -53,7 +53,7 @@ import torch
 from ddpm.config import derive, read_config_file, update
 from ddpm.data.datasets import load_dataset
 from ddpm.evaluation.nll import evaluate_nll
-from ddpm.io import resolve_device
+from ddpm.io import resolve_device, write_text_atomic
 from ddpm.pipeline import SamplingOptions, load_run
 from ddpm.presets import make_config, preset_for_data
 from ddpm.training.loop import train
@@ -208,7 +208,7 @@ def main(argv=None) -> dict:
         plot_loss_quartiles(out / "run-hybrid" / "log.jsonl", out / "loss_quartiles.png")
     except ValueError as e:  # a budget shorter than one log interval
         print(f"no loss_quartiles.png: {e}")
-    (out / "per_t.json").write_text(json.dumps({k: v["per_t"] for k, v in nll_results.items()}) + "\n")
+    write_text_atomic(out / "per_t.json", json.dumps({k: v["per_t"] for k, v in nll_results.items()}) + "\n")
     d = results["nll_difference"]
     print(f"NLL L_simple (better variance) - L_hybrid: {d['simple_minus_hybrid_bpd']:.4f} +- {d['stderr']:.4f} "
           f"bits/dim (paired, {d['n']} images)", flush=True)
@@ -236,8 +236,8 @@ def main(argv=None) -> dict:
                   f"({rows[steps]['relative_to_T_steps']:.3f} x T-step)", flush=True)
         results["models"][name]["fid"] = {str(k): v for k, v in rows.items()}
 
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(to_markdown(results, args) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "results.md", to_markdown(results, args) + "\n")
     print(to_markdown(results, args))
     return results
 

@@ -60,6 +60,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ddpm.io import write_text_atomic
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import cpu_line, provenance  # noqa: E402  (the CPU's model and flags, as speed.py records them)
 
@@ -135,7 +137,7 @@ def train_ours(args, out: Path, device) -> tuple[Path, float, dict]:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
-    (run / "bench_wall.json").write_text(json.dumps({"wall_s": wall}) + "\n")
+    write_text_atomic(run / "bench_wall.json", json.dumps({"wall_s": wall}) + "\n")
     return run, wall, {"wall_source": "measured", "command": " ".join(cmd)}
 
 
@@ -415,8 +417,8 @@ def main(argv=None) -> dict:
               "classifier": {"held_out_accuracy": clf_info["held_out_accuracy"], "path": clf_info["path"]},
               "rows": rows, "targets": targets(rows) if args.data == "digits" else {},
               **provenance("quality.py", argv, device)}
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(to_markdown(result))
+    write_text_atomic(out / "results.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "results.md", to_markdown(result))
     print(to_markdown(result))
     return result
 
