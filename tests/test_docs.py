@@ -1,23 +1,20 @@
 """The documentation site's generated pages (docs/hooks.py), without running mkdocs."""
 
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO as ROOT
+from tests.conftest import load_script
+
 pytest.importorskip("mkdocs")
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def hooks():
-    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/hooks.py", "docs_hooks")
 
 
 def test_cli_reference_has_every_subcommand(hooks):

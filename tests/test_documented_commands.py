@@ -3,9 +3,8 @@ so this runs in the default suite)."""
 
 import re
 import shlex
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO as ROOT
 
 
 def documented_commands() -> list[tuple[str, str]]:
