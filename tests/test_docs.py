@@ -11,7 +11,6 @@ from tests.conftest import load_script
 pytest.importorskip("mkdocs")
 
 
-
 @pytest.fixture(scope="module")
 def hooks():
     return load_script("docs/hooks.py", "docs_hooks")
