@@ -23,6 +23,8 @@ go to ``--runs`` (default bench_out/text_to_image_runs), away from the result fi
     .venv/bin/python benchmarks/text_to_image.py --out benchmarks/results/text_to_image   # the issue's budget
     .venv/bin/python benchmarks/text_to_image.py --ae-steps 100 --train-steps latent=40,pooled=40,pixel=4 \\
         --chunks 1 --per-prompt 1 --out /tmp/t2i                                             # a smoke run
+    .venv/bin/python benchmarks/text_to_image.py --models none --out benchmarks/results/text_to_image_autoencoder
+                                                          # the autoencoder alone, timed (no classifier, no rows)
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ from ddpm.viz.grid import save_grid
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 ALL_PAIRS = [(a, b) for a in range(10) for b in range(10)]
+# The flags that make each row's model, given the autoencoder's run folder.
+MODELS = {"latent": lambda ae: ["--autoencoder", str(ae)],
+          "pooled": lambda ae: ["--autoencoder", str(ae), "--text-injection", "pooled"],
+          "pixel": lambda ae: []}
 SHOWN = ["a 3 to the left of a 7", "a 7 to the right of a 3", "3 then 7", "a 1 to the left of a 4",
          "four and seven", "a 0 on the right and a 7 on the left", "8 then 1", "a 9 to the left of a 2"]
 
@@ -162,8 +168,11 @@ def picture(run_dir: Path, path: Path, args) -> None:
 def markdown(result: dict) -> str:
     ae = result["autoencoder"]
     ae_time = "reused from an earlier run" if ae["train_seconds"] is None else f"{ae['train_seconds'] / 60:.1f} min"
-    lines = [f"Autoencoder (f = 4, 4 latent channels): held-out PSNR {ae['psnr']:.2f} dB, SSIM {ae['ssim']:.3f}, "
-             f"{ae_time}. Digit classifier: "
+    head = (f"Autoencoder (f = 4, 4 latent channels): held-out PSNR {ae['psnr']:.2f} dB, SSIM {ae['ssim']:.3f}, "
+            f"{ae_time}.")
+    if not result["models"]:
+        return head + "\n"
+    lines = [f"{head} Digit classifier: "
              f"{result['classifier']['eval_digits_accuracy']:.4f} on halves of the evaluation digits.", "",
              "| model | train min | images/s | min to 90% seen (quick) | seen pairs | held-out pairs | swapped | "
              "classifier-FID |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -188,7 +197,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out/text_to_image", help="folder of the result files and pictures")
     ap.add_argument("--runs", default="bench_out/text_to_image_runs",
                     help="folder of the trained runs (kept apart from the results: about 700 MB)")
-    ap.add_argument("--models", default="latent,pooled,pixel", help="which rows to train")
+    ap.add_argument("--models", default="latent,pooled,pixel",
+                    help="which rows to train (of latent, pooled, pixel); none: the autoencoder alone, timed")
     ap.add_argument("--ae-steps", type=int, default=2000)
     ap.add_argument("--autoencoder", help="reuse this trained autoencoder run instead of training one")
     ap.add_argument("--train-steps", default="latent=5600,pooled=3000,pixel=160",
@@ -203,6 +213,9 @@ def main() -> None:
     args = ap.parse_args()
     args.train_steps = {k: int(v) for k, v in (kv.split("=") for kv in args.train_steps.split(","))}
     args.final_pairs = dict(kv.split("=") for kv in args.final_pairs.split(","))
+    args.models = [] if args.models == "none" else args.models.split(",")
+    if unknown := [m for m in args.models if m not in MODELS]:
+        ap.error(f"--models {','.join(unknown)}: not a model here; choose from {', '.join(MODELS)} (or none)")
     if args.autoencoder and not (Path(args.autoencoder) / "metrics.json").is_file():
         ap.error(f"--autoencoder {args.autoencoder}: no metrics.json there; pass a ddpm train-autoencoder run folder")
     out, runs = Path(args.out), Path(args.runs)
@@ -212,8 +225,9 @@ def main() -> None:
     args.quick_pairs = [ALL_PAIRS[i] for i in rng.choice([i for i, p in enumerate(ALL_PAIRS) if p not in
                                                            HELD_OUT_PAIRS], 20, replace=False)]
     t0 = time.perf_counter()
-    classifier, cinfo = digit_classifier(args.data_dir)
-    print(f"digit classifier: {cinfo['eval_digits_accuracy']:.4f} on the evaluation digits", flush=True)
+    classifier, cinfo = digit_classifier(args.data_dir) if args.models else (None, None)
+    if cinfo:
+        print(f"digit classifier: {cinfo['eval_digits_accuracy']:.4f} on the evaluation digits", flush=True)
     result = {"command": "python " + " ".join(sys.argv), "classifier": cinfo, "models": {},
               "settings": {k: v for k, v in vars(args).items() if k != "quick_pairs"}}
     t1 = time.perf_counter()
@@ -229,12 +243,10 @@ def main() -> None:
     seen = [p for p in ALL_PAIRS if p not in HELD_OUT_PAIRS]
     real_pairs = [seen[i] for i in rng.integers(0, len(seen), 2000)]
     real = to_unit_range(make_canvases(ev_digits, ev_labels, real_pairs, 7))
-    real_features = canvas_features(classifier, real)
-    flags = {"latent": ["--autoencoder", str(ae)], "pooled": ["--autoencoder", str(ae), "--text-injection", "pooled"],
-             "pixel": []}
-    for name in args.models.split(","):
-        r = train_chunks(name, ["--base-channels", str(args.width), "--lr-decay", "constant", *flags[name]], runs,
-                         classifier, args)
+    real_features = canvas_features(classifier, real) if args.models else None
+    for name in args.models:
+        r = train_chunks(name, ["--base-channels", str(args.width), "--lr-decay", "constant", *MODELS[name](ae)],
+                         runs, classifier, args)
         pairs = ALL_PAIRS if args.final_pairs.get(name, "all") == "all" else args.quick_pairs + list(HELD_OUT_PAIRS)
         r["final_pairs"] = len(pairs)
         r["final"] = score(runs / name, classifier, args, per_prompt=args.per_prompt, pairs=pairs,
