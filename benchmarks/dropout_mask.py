@@ -4,7 +4,8 @@ what ours did before) and PyTorch's ``nn.Dropout`` (``torch``, whose CPU mask is
 
 Images/s of the same step as benchmarks/speed.py (bf16 where the device has it, fused AdamW, EMA),
 alternating the three for ``--rounds`` rounds of ``--seconds`` each; ``--clock cpu`` times one thread's CPU
-time, for a machine shared with other work:
+time, for a machine shared with other work. Writes the medians, each round's rates, the CPU and the
+command to ``--out``/results.json and results.md:
 
     .venv/bin/python benchmarks/dropout_mask.py --preset mnist            # about two minutes
     .venv/bin/python benchmarks/dropout_mask.py --preset mnist --clock cpu --rounds 5
@@ -50,7 +51,8 @@ def make_step(cfg, dropout: str):
 
 
 def main(argv=None) -> dict:
-    args = speed.ab_parser(__doc__.split("\n\n")[0], seconds=6.0, rounds=3).parse_args(argv)
+    args = speed.ab_parser(__doc__.split("\n\n")[0], seconds=6.0, rounds=3,
+                           out="bench_out/dropout_mask").parse_args(argv)
     speed.set_threads(args)
     cfg = make_config(args.preset)
     steps = {name: make_step(cfg, name) for name in MASKS}
@@ -60,6 +62,10 @@ def main(argv=None) -> dict:
           f"{args.rounds} rounds): ours {result['ours']:.1f}, rand {result['rand']:.1f} "
           f"(ours x{result['ours'] / result['rand']:.3f}), nn.Dropout {result['torch']:.1f} "
           f"(ours x{result['ours'] / result['torch']:.3f})")
+    ratios = {name: statistics.median(a / b for a, b in zip(rates["ours"], rates[name])) for name in MASKS}
+    speed.write_ab("dropout_mask.py", argv, args, {"images_per_s": result, "rounds": rates, "ours_x": ratios}, [
+        "| mask | train images/s | ours x (median of the rounds' ratios) |", "| --- | --- | --- |",
+        *(f"| {name} | {result[name]:.1f} | {ratios[name]:.3f} |" for name in MASKS)])
     return result
 
 

@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm import runtime as rt
-from ddpm.io import resolve_device
+from ddpm.io import resolve_device, write_text_atomic
 from ddpm.pipeline import Run, build_model, build_schedule
 from ddpm.presets import make_config
 from ddpm.runtime import ADAMW_IMPLS, COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
@@ -327,9 +327,11 @@ def warm_up(fn: Callable[[], int], device) -> float:
     return CLOCK["now"]() - t0
 
 
-def ab_parser(description: str, *, seconds: float, rounds: int) -> argparse.ArgumentParser:
-    """The options of the A/B scripts (dropout_mask.py, upsample_conv.py): preset, threads, clock, rounds."""
+def ab_parser(description: str, *, seconds: float, rounds: int, out: str) -> argparse.ArgumentParser:
+    """The options of the A/B scripts (dropout_mask.py, upsample_conv.py): preset, threads, clock, rounds and
+    the folder of their result files."""
     p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=out, help=f"folder of results.json and results.md (default: {out})")
     p.add_argument("--preset", default="mnist")
     p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
     p.add_argument("--seconds", type=float, default=seconds, help="seconds per measurement and round")
@@ -337,6 +339,21 @@ def ab_parser(description: str, *, seconds: float, rounds: int) -> argparse.Argu
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: this process's CPU time with one thread (implies --threads 1)")
     return p
+
+
+def write_ab(script: str, argv, args, result: dict, table: list[str]) -> None:
+    """An A/B script's result files: OUT/results.json (its medians and per-round figures, the settings, the
+    CPU and the command) and OUT/results.md (a heading, the CPU and the command, then ``table``)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    r = {"preset": args.preset, "threads": torch.get_num_threads(), "clock": args.clock, "rounds": args.rounds,
+         "seconds": args.seconds, **provenance(script, argv, "cpu"), "result": result}
+    clock = "elapsed time" if args.clock == "wall" else "CPU time of one thread"
+    threads = f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}"
+    head = (f"# {script}: the {args.preset} preset, {threads}, {clock}, medians of {args.rounds} "
+            f"interleaved rounds of {args.seconds:g} s")
+    write_text_atomic(out / "results.json", json.dumps(r, indent=2) + "\n")
+    write_text_atomic(out / "results.md", "\n".join([head, "", *provenance_lines(r), *table]) + "\n")
 
 
 def set_threads(args) -> None:
@@ -493,8 +510,8 @@ def main(argv=None) -> dict:
         # Variables that change which kernels run (ONEDNN_MAX_CPU_ISA=AVX512_CORE: a CPU without bf16 units).
         "env": {k: os.environ[k] for k in ENV_KNOBS if k in os.environ},
     }
-    (out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "speed.md").write_text(to_markdown(result))
+    write_text_atomic(out / "speed.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "speed.md", to_markdown(result))
     print(to_markdown(result))
     return result
 
@@ -563,6 +580,9 @@ def to_markdown(r: dict) -> str:
              "| train GFLOP/s | % peak | vs diffusers | sample evals/s | sample GFLOP/s | % peak "
              "| vs diffusers |", "|" + "---|" * 15]
 
+    def versus(x, kind):  # "-" where no diffusers row of the preset was measured
+        return f"{x[f'{kind}_vs_diffusers']:.2f}x" if f"{kind}_vs_diffusers" in x else "-"
+
     def share(x, kind):  # of the matmul peak in the row's own precision (an fp32 row: the fp32 peak)
         return 100 * x[f"{kind}_share_{'fp32' if x['precision'] == 'fp32' else 'bf16'}_peak"]
 
@@ -571,9 +591,9 @@ def to_markdown(r: dict) -> str:
             f"| {x['preset']} | {x['model']} | {x['config']} | {x['precision']} | {x['params'] / 1e6:.2f}M "
             f"| {x['gflop_forward']:.3f} | {x['flop_ratio']:.2f} | {x['train_images_per_s']:.1f} "
             f"| {x['train_gflops']:.0f} | {share(x, 'train'):.0f}% "
-            f"| {x.get('train_vs_diffusers', float('nan')):.2f}x | {x['sample_evals_per_s']:.1f} "
+            f"| {versus(x, 'train')} | {x['sample_evals_per_s']:.1f} "
             f"| {x['sample_gflops']:.0f} | {share(x, 'sample'):.0f}% "
-            f"| {x.get('sample_vs_diffusers', float('nan')):.2f}x |")
+            f"| {versus(x, 'sample')} |")
     lines += ["", "% peak: the row's GFLOP/s as a share of the matmul peak in its own precision (fp32 rows: the "
               "fp32 peak; bf16 rows: the bf16 peak).", ""]
     for preset in dict.fromkeys(x["preset"] for x in r["rows"]):

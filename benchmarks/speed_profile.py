@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (the benchmark's training step)
 
 from ddpm import runtime as rt  # noqa: E402
+from ddpm.io import write_text_atomic  # noqa: E402
 from ddpm.pipeline import build_model  # noqa: E402
 from ddpm.presets import make_config  # noqa: E402
 
@@ -113,7 +114,8 @@ def onednn_child(args) -> None:
 
 def to_markdown(result: dict) -> str:
     lines = [f"# Where the time goes: {result['preset']} training step, {result['precision']}, "
-             f"{result['threads']} thread(s), batch {result['batch']}", ""]
+             f"{result['threads']} thread(s), batch {result['batch']}", "",
+             *speed.provenance_lines(result, "profile.json")]
     for fmt, r in result["formats"].items():
         total = r["ms_per_step"]
         lines += [f"## {fmt}: {total:.1f} ms per step ({r['images_per_s']:.1f} images/s under the profiler)", "",
@@ -155,7 +157,8 @@ def main(argv=None) -> dict:
         return {}
     precision = rt.resolve_precision(args.precision, "cpu")
     result = {"preset": args.preset, "precision": precision, "threads": args.threads, "steps": args.steps,
-              "batch": args.batch or make_config(args.preset).train.batch_size, "formats": {}}
+              "batch": args.batch or make_config(args.preset).train.batch_size, "formats": {},
+              **speed.provenance("speed_profile.py", argv, "cpu")}
     for fmt in args.memory_formats.split(","):
         rt.check_options(memory_format=fmt)
         print(f"profiling {args.steps} {fmt} steps of {args.preset}...", flush=True)
@@ -166,8 +169,8 @@ def main(argv=None) -> dict:
         result["formats"][fmt] = r
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "profile.json").write_text(json.dumps(result, indent=2))
-    (out / "profile.md").write_text(to_markdown(result))
+    write_text_atomic(out / "profile.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "profile.md", to_markdown(result))
     plot(result, out / "profile.png")
     print(to_markdown(result))
     return result

@@ -6,7 +6,8 @@ The same weights compute the same function both ways; only the arithmetic differ
 benchmarks/speed.py's training step and network evaluations/s of its sampling step (``Run.sample``,
 Algorithm 2), the two forms alternating for ``--rounds`` rounds of ``--seconds`` each; ``--clock cpu``
 times one thread's CPU time, for a machine shared with other work. Prints the median of the per-round
-ratios (each round times both forms back to back, so the machine's drift cancels):
+ratios (each round times both forms back to back, so the machine's drift cancels) and writes them, with
+each round's ratio, the CPU and the command, to ``--out``/results.json and results.md:
 
     .venv/bin/python benchmarks/upsample_conv.py --preset mnist                 # about two minutes
     .venv/bin/python benchmarks/upsample_conv.py --preset mnist --clock cpu --rounds 7
@@ -61,7 +62,8 @@ def make_steps(cfg, form: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    args = speed.ab_parser(__doc__.split("\n\n")[0], seconds=4.0, rounds=5).parse_args(argv)
+    args = speed.ab_parser(__doc__.split("\n\n")[0], seconds=4.0, rounds=5,
+                           out="bench_out/upsample_conv").parse_args(argv)
     speed.set_threads(args)
     cfg = make_config(args.preset)
     forms = {form: make_steps(cfg, form) for form in ("ours", "resize+conv")}
@@ -77,6 +79,11 @@ def main(argv=None) -> dict:
               f"{args.rounds} rounds): ours {result[kind]['ours']:.1f}, resize+conv "
               f"{result[kind]['resize+conv']:.1f}/s, ours x{result[kind]['ratio']:.3f} "
               f"(rounds {', '.join(f'{r:.3f}' for r in ratios)})", flush=True)
+    speed.write_ab("upsample_conv.py", argv, args, result, [
+        "| step | ours /s | resize+conv /s | ours x (median of the rounds' ratios) | each round's ratio |",
+        "| --- | --- | --- | --- | --- |",
+        *(f"| {kind} | {r['ours']:.1f} | {r['resize+conv']:.1f} | {r['ratio']:.3f} | "
+          f"{', '.join(f'{x:.3f}' for x in r['round_ratios'])} |" for kind, r in result.items())])
     return result
 
 

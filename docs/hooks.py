@@ -41,6 +41,9 @@ COMMANDS = {
                      "--rounds 3 --ours-variants fp32 --peers diffusers --out bench_out/speed",
     "pipeline_redesign": ".venv/bin/python benchmarks/speed.py --presets mnist,cifar10 --clock cpu --seconds 12 "
                          "--rounds 3 --ours-variants auto --peers diffusers --out bench_out/speed_ab",
+    "fid_spread": "for S in 0 1000 2000 3000 4000 5000; do .venv/bin/ddpm evaluate --checkpoint bench_out/q3k/ours "
+                  "--sampler dpm++2m-sde --steps 20 --n 1000 --metrics fid --seed $S "
+                  "--out bench_out/fid_spread/seed$S.json; done",
 }
 NOTES = {
     "pipeline_redesign": "`old*` ran the code before the pipeline redesign (commit e46ccf2), `new*` the code after "

@@ -160,16 +160,16 @@ def test_cpu_attention_is_scaled_dot_product_attention():
     assert torch.allclose(g_out[0], g_ref[0], atol=1e-5)
 
 
-def test_dropout_mask_benchmark_times_the_three_masks():
-    import importlib.util
+def test_dropout_mask_benchmark_times_the_three_masks(tmp_path):
+    from tests.conftest import load_script
 
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("dropout_mask", REPO / "benchmarks" / "dropout_mask.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    result = module.main(["--preset", "digits", "--seconds", "0.05", "--rounds", "1"])
+    module = load_script("benchmarks/dropout_mask.py")
+    result = module.main(["--preset", "digits", "--seconds", "0.05", "--rounds", "1", "--out", str(tmp_path)])
     assert set(result) == {"ours", "rand", "torch"} and all(v > 0 for v in result.values())
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["result"]["images_per_s"] == result and saved["result"]["ours_x"]["ours"] == 1.0
+    assert saved["command"].startswith("python benchmarks/dropout_mask.py --preset digits")
+    assert "| rand |" in (tmp_path / "results.md").read_text()
 
 
 def test_speed_profile_accounts_for_the_step_by_category(tmp_path):
@@ -195,14 +195,10 @@ def test_speed_profile_accounts_for_the_step_by_category(tmp_path):
     assert (tmp_path / "profile.png").stat().st_size > 0
 
 
-def test_upsample_benchmark_compares_the_same_function_both_ways():
-    import importlib.util
+def test_upsample_benchmark_compares_the_same_function_both_ways(tmp_path):
+    from tests.conftest import load_script
 
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("upsample_conv", REPO / "benchmarks" / "upsample_conv.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/upsample_conv.py")
     cfg, model = tiny_model()
     x, t = inputs(cfg)
     with torch.no_grad():
@@ -210,9 +206,11 @@ def test_upsample_benchmark_compares_the_same_function_both_ways():
         resized = module.resize_then_conv(model)(x, t)
     assert any(isinstance(m, module.ResizeThenConv) for m in model.modules())
     assert torch.allclose(ours, resized, atol=1e-5)
-    result = module.main(["--preset", "digits", "--seconds", "0.05", "--rounds", "1"])
+    result = module.main(["--preset", "digits", "--seconds", "0.05", "--rounds", "1", "--out", str(tmp_path)])
     assert set(result) == {"train", "sample"}
     assert all(r["ours"] > 0 and r["resize+conv"] > 0 and len(r["round_ratios"]) == 1 for r in result.values())
+    assert json.loads((tmp_path / "results.json").read_text())["result"] == result
+    assert "| sample |" in (tmp_path / "results.md").read_text()
 
 
 def test_the_speed_benchmark_records_the_cpu_it_ran_on():
