@@ -228,3 +228,19 @@ def test_the_speed_benchmark_records_the_cpu_it_ran_on():
     assert "in speed.json" in page[0]
     assert "in results.json" in speed.cpu_line({"model": "X", "cores": "1", "flags": []}, "results.json")[0]
     assert speed.cpu_line(None) == []  # result files written before the CPU was recorded
+
+
+@pytest.mark.slow
+def test_compile_default_trains_on_a_cpu(tmp_path):
+    """``--compile default`` on a CPU trains and samples (compiled with static shapes: with symbolic sizes,
+    inductor stopped on the CPU training step with "cannot determine truth value of Relational")."""
+    from ddpm.pipeline import load_run
+    from ddpm.training.loop import train
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(steps=2)
+    cfg.runtime.compile = "default"
+    run = load_run(train(cfg, tmp_path / "run", progress=False))
+    assert run.step == 2
+    x = run.sample(2, generator=torch.Generator().manual_seed(0), progress=False)
+    assert x.shape == (2, cfg.model.in_channels, *cfg.model.image_size) and torch.isfinite(x).all()

@@ -229,7 +229,10 @@ def compiled(model: nn.Module, mode: str) -> nn.Module:
         return model
     per_model = _COMPILED.setdefault(model, {})
     if mode not in per_model:
-        per_model[mode] = torch.compile(model, mode=None if mode == "default" else mode)
+        # Static shapes: a batch or resolution seen later compiles again rather than turning every size into
+        # a symbol; with symbolic sizes, inductor 2.14 stops on the CPU training step ("cannot determine
+        # truth value of Relational"), and our batches take few distinct shapes anyway.
+        per_model[mode] = torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
     return per_model[mode]
 
 
