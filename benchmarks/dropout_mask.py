@@ -58,11 +58,11 @@ def main(argv=None) -> dict:
     steps = {name: make_step(cfg, name) for name in MASKS}
     rates = speed.alternate(steps, args, torch.device("cpu"))
     result = {k: statistics.median(v) for k, v in rates.items()}
+    ratios = {name: statistics.median(a / b for a, b in zip(rates["ours"], rates[name])) for name in MASKS}
     print(f"{args.preset}, {torch.get_num_threads()} threads, {args.clock} clock, images/s (median of "
           f"{args.rounds} rounds): ours {result['ours']:.1f}, rand {result['rand']:.1f} "
-          f"(ours x{result['ours'] / result['rand']:.3f}), nn.Dropout {result['torch']:.1f} "
-          f"(ours x{result['ours'] / result['torch']:.3f})")
-    ratios = {name: statistics.median(a / b for a, b in zip(rates["ours"], rates[name])) for name in MASKS}
+          f"(ours x{ratios['rand']:.3f}), nn.Dropout {result['torch']:.1f} (ours x{ratios['torch']:.3f}; "
+          "each the median of the rounds' ratios)")
     speed.write_ab("dropout_mask.py", argv, args, {"images_per_s": result, "rounds": rates, "ours_x": ratios}, [
         "| mask | train images/s | ours x (median of the rounds' ratios) |", "| --- | --- | --- |",
         *(f"| {name} | {result[name]:.1f} | {ratios[name]:.3f} |" for name in MASKS)])
