@@ -145,7 +145,7 @@ def train_chunks(name: str, flags: list[str], runs: Path, classifier, args) -> d
         steps = round(k * total / args.chunks)
         t0 = time.perf_counter()
         rc = ddpm(["train", "--data", "mnist-pairs", "--data-dir", args.data_dir, "--out", str(run_dir), "--steps",
-                   str(steps), "--sample-every", "0", "--checkpoint-every", str(total), "-q",
+                   str(steps), "--sample-every", "0", "--checkpoint-every", str(total),
                    *(["--resume"] if k > 1 else flags)])
         if rc:
             raise SystemExit(f"training {name} failed")
@@ -230,20 +230,32 @@ def main() -> None:
         print(f"digit classifier: {cinfo['eval_digits_accuracy']:.4f} on the evaluation digits", flush=True)
     result = {"command": "python " + " ".join(sys.argv), "classifier": cinfo, "models": {},
               "settings": {k: v for k, v in vars(args).items() if k != "quick_pairs"}}
+
+    def save() -> None:
+        write_text_atomic(out / "text_to_image.json", json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out / "text_to_image.md", markdown(result))
+
+    def finish() -> None:
+        result["total_seconds"] = round(time.perf_counter() - t0, 1)
+        save()
+        print(markdown(result))
+
     t1 = time.perf_counter()
     ae = Path(args.autoencoder) if args.autoencoder else runs / "autoencoder"
     if not args.autoencoder and ddpm(["train-autoencoder", "--data", "mnist-pairs", "--data-dir", args.data_dir,
                                       "--image-size", "32,64", "--in-channels", "1", "--factor", "4",
-                                      "--latent-channels", "4", "--steps", str(args.ae_steps), "--out", str(ae), "-q"]):
+                                      "--latent-channels", "4", "--steps", str(args.ae_steps), "--out", str(ae)]):
         raise SystemExit("training the autoencoder failed")
     result["autoencoder"] = {"train_seconds": None if args.autoencoder else round(time.perf_counter() - t1, 1),
                              "run": str(ae), **json.loads((ae / "metrics.json").read_text())}
     print(f"autoencoder: {result['autoencoder']}", flush=True)
+    if not args.models:  # --models none: the autoencoder alone
+        return finish()
     ev_digits, ev_labels = eval_pool(args.data_dir)
     seen = [p for p in ALL_PAIRS if p not in HELD_OUT_PAIRS]
     real_pairs = [seen[i] for i in rng.integers(0, len(seen), 2000)]
     real = to_unit_range(make_canvases(ev_digits, ev_labels, real_pairs, 7))
-    real_features = canvas_features(classifier, real) if args.models else None
+    real_features = canvas_features(classifier, real)
     for name in args.models:
         r = train_chunks(name, ["--base-channels", str(args.width), "--lr-decay", "constant", *MODELS[name](ae)],
                          runs, classifier, args)
@@ -254,12 +266,8 @@ def main() -> None:
         picture(runs / name, out / f"prompts_{name}.png", args)
         result["models"][name] = r
         print(f"{name}: {r['final']}", flush=True)
-        write_text_atomic(out / "text_to_image.json", json.dumps(result, indent=2) + "\n")
-        write_text_atomic(out / "text_to_image.md", markdown(result))  # a run cut short still has its table
-    result["total_seconds"] = round(time.perf_counter() - t0, 1)
-    write_text_atomic(out / "text_to_image.json", json.dumps(result, indent=2) + "\n")
-    write_text_atomic(out / "text_to_image.md", markdown(result))
-    print(markdown(result))
+        save()  # a run cut short still has its table
+    finish()
 
 
 if __name__ == "__main__":
