@@ -48,6 +48,9 @@ from ddpm.pipeline import GuidanceOptions, SamplingOptions, load_run
 from ddpm.sampling.noise import seed_generators
 from ddpm.viz.grid import save_grid
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import provenance, provenance_lines  # noqa: E402  (CPU model and flags, the command)
+
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 ALL_PAIRS = [(a, b) for a in range(10) for b in range(10)]
@@ -170,9 +173,10 @@ def markdown(result: dict) -> str:
     ae_time = "reused from an earlier run" if ae["train_seconds"] is None else f"{ae['train_seconds'] / 60:.1f} min"
     head = (f"Autoencoder (f = 4, 4 latent channels): held-out PSNR {ae['psnr']:.2f} dB, SSIM {ae['ssim']:.3f}, "
             f"{ae_time}.")
+    preamble = provenance_lines(result, "text_to_image.json")  # the CPU and the command
     if not result["models"]:
-        return head + "\n"
-    lines = [f"{head} Digit classifier: "
+        return "\n".join([*preamble, head]) + "\n"
+    lines = [*preamble, f"{head} Digit classifier: "
              f"{result['classifier']['eval_digits_accuracy']:.4f} on halves of the evaluation digits.", "",
              "| model | train min | images/s | min to 90% seen (quick) | seen pairs | held-out pairs | swapped | "
              "classifier-FID |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -228,7 +232,7 @@ def main() -> None:
     classifier, cinfo = digit_classifier(args.data_dir) if args.models else (None, None)
     if cinfo:
         print(f"digit classifier: {cinfo['eval_digits_accuracy']:.4f} on the evaluation digits", flush=True)
-    result = {"command": "python " + " ".join(sys.argv), "classifier": cinfo, "models": {},
+    result = {**provenance("text_to_image.py", None, "cpu"), "classifier": cinfo, "models": {},
               "settings": {k: v for k, v in vars(args).items() if k != "quick_pairs"}}
 
     def save() -> None:
