@@ -201,12 +201,12 @@ def train_step_fn(cfg, module: nn.Module, net: Callable, optimizer, batch: int, 
 
 
 def ours_train_step(cfg, model: nn.Module, *, precision: str = "auto", memory_format: str = "contiguous",
-                    batch: int | None = None, warm_up_steps: int = 1) -> Callable[[], int]:
+                    batch: int | None = None, warm_up_steps: int = 1, adamw_impl: str = "auto") -> Callable[[], int]:
     """``train_step_fn`` of ``model`` on the CPU with our options (precision and AdamW resolved for the
     CPU, uncompiled), after ``warm_up_steps`` untimed steps: the step the A/B and profile scripts time."""
     device = torch.device("cpu")
     net = rt.runner(model, rt.resolve(device, precision=precision, memory_format=memory_format, compile="none"))
-    opt = rt.make_adamw(model.parameters(), lr=cfg.train.lr, weight_decay=0.0, impl="auto", device=device)
+    opt = rt.make_adamw(model.parameters(), lr=cfg.train.lr, weight_decay=0.0, impl=adamw_impl, device=device)
     step = train_step_fn(cfg, model, net, opt, batch or cfg.train.batch_size, device)
     for _ in range(warm_up_steps):
         step()
@@ -354,6 +354,16 @@ def write_ab(script: str, argv, args, result: dict, table: list[str]) -> None:
             f"interleaved rounds of {args.seconds:g} s")
     write_text_atomic(out / "results.json", json.dumps(r, indent=2) + "\n")
     write_text_atomic(out / "results.md", "\n".join([head, "", *provenance_lines(r), *table]) + "\n")
+
+
+def write_results(out: str | Path, r: dict, markdown: str) -> None:
+    """A benchmark's result files: OUT/results.json (``r``) and OUT/results.md (``markdown``), each written
+    atomically, and the page printed."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "results.json", json.dumps(r, indent=2) + "\n")
+    write_text_atomic(folder / "results.md", markdown)
+    print(markdown)
 
 
 def set_threads(args) -> None:

@@ -6,10 +6,12 @@ The step is ``benchmarks/speed.py``'s (q_sample, the network, L_simple, backward
 the preset's batch, with ``--precision`` and each ``--memory-formats`` in turn, on one thread by default
 (the ``--clock cpu`` setting of the speed table). ``conv`` sums PyTorch's convolution calls forward and
 backward; the oneDNN lines split that into kernels (by implementation and direction) and ``reorder``,
-the conversions between PyTorch's layout and oneDNN's blocked one. Writes OUT/profile.md, OUT/profile.json
-and OUT/profile.png (a bar per memory format, split by category).
+the conversions between PyTorch's layout and oneDNN's blocked one. ``--adamw-impl`` picks the optimizer's
+implementation, and the page gives the AdamW step's inclusive time whichever kernels it runs. Writes
+OUT/profile.md, OUT/profile.json and OUT/profile.png (a bar per memory format, split by category).
 
     .venv/bin/python benchmarks/speed_profile.py --preset mnist --out bench_out/speed_profile   # ~1 min
+    .venv/bin/python benchmarks/speed_profile.py --preset mnist --memory-formats contiguous --adamw-impl foreach
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=4, help="profiled steps, after 3 warm-up steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, help="training batch (default: the preset's)")
+    p.add_argument("--adamw-impl", default="auto", choices=rt.ADAMW_IMPLS,
+                   help="the optimizer step's implementation (default: auto, fused on a CPU)")
     p.add_argument("--no-onednn", action="store_true", help="skip oneDNN's account (a second process)")
     p.add_argument("--out", default="bench_out/speed_profile")
     p.add_argument("--onednn-child", action="store_true", help=argparse.SUPPRESS)
@@ -58,7 +62,8 @@ def make_step(args, memory_format: str):
     torch.manual_seed(0)
     batch = args.batch or cfg.train.batch_size
     step = speed.ours_train_step(cfg, build_model(cfg.model), precision=args.precision,
-                                 memory_format=memory_format, batch=batch, warm_up_steps=3)
+                                 memory_format=memory_format, batch=batch, warm_up_steps=3,
+                                 adamw_impl=args.adamw_impl)
     return step, batch
 
 
@@ -76,7 +81,12 @@ def profile_categories(args, memory_format: str) -> dict:
         for _ in range(args.steps):
             step()
     per_cat, other = collections.Counter(), collections.Counter()
+    # torch.optim wraps every step in a record_function "Optimizer.step#AdamW.step": its inclusive time is
+    # the whole AdamW step, whichever kernels (fused, _foreach_*, per-tensor) its implementation runs.
+    optimizer_ms = sum(e.cpu_time_total for e in prof.key_averages() if e.key.startswith("Optimizer.step#"))
     for event in prof.key_averages():
+        if event.key.startswith("Optimizer.step#"):
+            continue  # a range around other events, whose self time is counted under them
         ms = event.self_cpu_time_total / 1000 / args.steps
         cat = category(event.key)
         per_cat[cat] += ms
@@ -84,14 +94,15 @@ def profile_categories(args, memory_format: str) -> dict:
             other[event.key] += ms
     total = sum(per_cat.values())
     return {"ms_per_step": total, "images_per_s": batch / total * 1000, "categories": dict(per_cat.most_common()),
-            "other_top": dict(other.most_common(6))}
+            "other_top": dict(other.most_common(6)), "optimizer_step_ms": optimizer_ms / 1000 / args.steps}
 
 
 def onednn_account(args, memory_format: str) -> dict:
     """oneDNN's verbose times (ms per step) by primitive kind, implementation and direction, run in a child
     process (oneDNN prints to the C-level stdout)."""
     cmd = [sys.executable, __file__, "--onednn-child", "--preset", args.preset, "--precision", args.precision,
-           "--memory-formats", memory_format, "--threads", str(args.threads), "--steps", str(args.steps)]
+           "--memory-formats", memory_format, "--threads", str(args.threads), "--steps", str(args.steps),
+           "--adamw-impl", args.adamw_impl]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -114,7 +125,8 @@ def onednn_child(args) -> None:
 
 def to_markdown(result: dict) -> str:
     lines = [f"# Where the time goes: {result['preset']} training step, {result['precision']}, "
-             f"{result['threads']} thread(s), batch {result['batch']}", "",
+             f"{result['threads']} thread(s), batch {result['batch']}"
+             + (f", {result['adamw_impl']} AdamW" if "adamw_impl" in result else ""), "",
              *speed.provenance_lines(result, "profile.json")]
     for fmt, r in result["formats"].items():
         total = r["ms_per_step"]
@@ -122,6 +134,9 @@ def to_markdown(result: dict) -> str:
                   "| category | ms per step | share |", "|---|---|---|"]
         lines += [f"| {k} | {v:.1f} | {v / total:.0%} |" for k, v in r["categories"].items()]
         lines += ["", "Largest in other: " + ", ".join(f"{k} {v:.1f} ms" for k, v in r["other_top"].items()), ""]
+        if "optimizer_step_ms" in r:
+            lines += [f"The AdamW step ({result.get('adamw_impl', '?')}), all it runs: {r['optimizer_step_ms']:.1f} ms "
+                      "per step (torch.optim's own range).", ""]
         if r.get("onednn"):
             lines += ["| oneDNN primitive | ms per step |", "|---|---|"]
             lines += [f"| {k} | {v:.1f} |" for k, v in r["onednn"].items() if v >= 0.5]
@@ -144,7 +159,8 @@ def plot(result: dict, path: Path) -> Path:
         ax.barh(formats, widths, left=left, label=cat)
         left = [a + b for a, b in zip(left, widths)]
     ax.set_xlabel("ms per training step (self CPU time)")
-    ax.set_title(f"{result['preset']}, {result['precision']}, {result['threads']} thread(s), batch {result['batch']}")
+    ax.set_title(f"{result['preset']}, {result['precision']}, {result['threads']} thread(s), batch {result['batch']}"
+                 + (f", {result['adamw_impl']} AdamW" if "adamw_impl" in result else ""))
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.savefig(path)
     return path
@@ -157,6 +173,7 @@ def main(argv=None) -> dict:
         return {}
     precision = rt.resolve_precision(args.precision, "cpu")
     result = {"preset": args.preset, "precision": precision, "threads": args.threads, "steps": args.steps,
+              "adamw_impl": rt.resolve_adamw_impl(args.adamw_impl, "cpu"),
               "batch": args.batch or make_config(args.preset).train.batch_size, "formats": {},
               **speed.provenance("speed_profile.py", argv, "cpu")}
     for fmt in args.memory_formats.split(","):

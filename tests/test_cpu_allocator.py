@@ -50,3 +50,22 @@ def test_auto_keeps_on_a_glibc_cpu_only_and_unknown_names_are_one_line_errors():
     assert rt.resolve_cpu_allocator("system", "cpu") == "system"
     with pytest.raises(UserError, match="unknown cpu_allocator 'fast'"):
         rt.resolve_cpu_allocator("fast", "cpu")
+
+
+def test_page_faults_benchmark_measures_each_allocator_in_its_own_process(tmp_path):
+    """benchmarks/page_faults.py runs a training step under each allocator (a process each, since the
+    setting is process-wide) and writes what getrusage counted."""
+    import json
+
+    from tests.conftest import load_script
+
+    module = load_script("benchmarks/page_faults.py")
+    r = module.main(["--preset", "digits", "--batch", "8", "--steps", "1", "--allocators", "system",
+                     "--out", str(tmp_path)])
+    (row,) = r["allocators"]
+    assert row["allocator"] == "system" and row["batch"] == 8
+    assert row["minor_faults"] >= 0 and row["elapsed_s"] > 0 and row["user_s"] > 0
+    assert json.loads((tmp_path / "results.json").read_text())["command"].startswith("python benchmarks/page_faults.py")
+    assert "| system |" in (tmp_path / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        module.main(["--allocators", "bogus", "--out", str(tmp_path)])

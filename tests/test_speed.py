@@ -189,6 +189,7 @@ def test_speed_profile_accounts_for_the_step_by_category(tmp_path):
     r = result["formats"]["contiguous"]
     assert r["ms_per_step"] == pytest.approx(sum(r["categories"].values()))
     assert r["categories"]["conv"] > 0 and r["images_per_s"] == pytest.approx(8 / r["ms_per_step"] * 1000)
+    assert 0 < r["optimizer_step_ms"] < r["ms_per_step"]  # torch.optim's range around the AdamW step
     if onednn:  # oneDNN ran the convolutions and said so
         assert any(k.startswith("convolution") for k in r["onednn"])
     assert "| conv |" in (tmp_path / "profile.md").read_text()
@@ -211,6 +212,29 @@ def test_upsample_benchmark_compares_the_same_function_both_ways(tmp_path):
     assert all(r["ours"] > 0 and r["resize+conv"] > 0 and len(r["round_ratios"]) == 1 for r in result.values())
     assert json.loads((tmp_path / "results.json").read_text())["result"] == result
     assert "| sample |" in (tmp_path / "results.md").read_text()
+
+
+def test_attention_benchmark_times_the_same_function_both_ways(tmp_path):
+    """benchmarks/attention_cpu.py's ``sdpa`` form computes what our CPU form does (so it times the same
+    function), switches every attention layer of a network, and the script writes its result files."""
+    from ddpm.models.layers import Attention
+    from tests.conftest import load_script
+
+    module = load_script("benchmarks/attention_cpu.py")
+    cfg, model = tiny_model()
+    x, t = inputs(cfg)
+    with torch.no_grad():
+        ours = model(x, t)
+        sdpa = module.with_form(model, "sdpa")(x, t)
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    assert layers and all(type(m) is module.SdpaAttention for m in layers)
+    assert torch.allclose(ours, sdpa, atol=1e-5)
+    result = module.main(["--preset", "digits", "--precisions", "fp32", "--seconds", "0.05", "--rounds", "1",
+                          "--out", str(tmp_path)])
+    assert set(result["ours_x"]) == {"layer fp32", "step fp32"} and all(v > 0 for v in result["ours_x"].values())
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["result"]["layer_input"][0] == 128 and saved["command"].startswith("python benchmarks/attention_cpu.py")
+    assert "| layer | fp32 |" in (tmp_path / "results.md").read_text()
 
 
 def test_the_speed_benchmark_records_the_cpu_it_ran_on():

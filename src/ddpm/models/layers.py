@@ -102,7 +102,7 @@ class Attention(nn.Module):
             # softmax(q^T k / sqrt(d)) v as two batched matmuls. PyTorch's SDPA has no fast CPU kernel for
             # these shapes: its math fallback computes bf16 in fp32 behind NaN guards, and its flash kernel's
             # backward is slow for short sequences, so this form trains faster, in bf16 most of all
-            # (benchmarks/README.md); the result is the same function.
+            # (benchmarks/attention_cpu.py measures both); the result is the same function.
             weights = torch.softmax(torch.einsum("nhdi,nhdj->nhij", q * d**-0.5, k), dim=-1)
             out = torch.einsum("nhij,nhdj->nhdi", weights, v)
         else:  # fused flash / memory-efficient kernels
