@@ -84,9 +84,7 @@ def profile_categories(args, memory_format: str) -> dict:
     # torch.optim wraps every step in a record_function "Optimizer.step#AdamW.step": its inclusive time is
     # the whole AdamW step, whichever kernels (fused, _foreach_*, per-tensor) its implementation runs.
     optimizer_ms = sum(e.cpu_time_total for e in prof.key_averages() if e.key.startswith("Optimizer.step#"))
-    for event in prof.key_averages():
-        if event.key.startswith("Optimizer.step#"):
-            continue  # a range around other events, whose self time is counted under them
+    for event in prof.key_averages():  # the range's own self time (torch.optim's Python) counts as "optimizer"
         ms = event.self_cpu_time_total / 1000 / args.steps
         cat = category(event.key)
         per_cat[cat] += ms
