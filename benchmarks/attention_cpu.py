@@ -89,6 +89,9 @@ def main(argv=None) -> dict:
     p.add_argument("--precisions", default="bf16,fp32",
                    help="comma-separated, of bf16, fp32 (bf16 is skipped on a CPU without bf16 units)")
     args = p.parse_args(argv)
+    bad = [q for q in args.precisions.split(",") if q not in ("bf16", "fp32")]
+    if bad:
+        p.error(f"--precisions {','.join(bad)}: choose from bf16, fp32")
     speed.set_threads(args)
     cfg = make_config(args.preset)
     precisions = [q for q in args.precisions.split(",") if q != "bf16" or rt.resolve_precision("auto", "cpu") == "bf16"]

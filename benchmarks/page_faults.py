@@ -106,8 +106,11 @@ def main(argv=None) -> dict:
     rows = []
     for a in args.allocators.split(","):
         print(f"{a}: one warm-up step and {args.steps} measured steps of {args.preset}...", flush=True)
-        out = subprocess.run(child_command(args, a), capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        child = subprocess.run(child_command(args, a), capture_output=True, text=True)
+        if child.returncode:
+            tail = child.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise SystemExit(f"page_faults.py: the {a} process failed: {tail[0]}")
+        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
     r = {"preset": args.preset, "precision": rt.resolve_precision(args.precision, "cpu"), "steps": args.steps,
          "allocators": rows, **speed.provenance("page_faults.py", argv, "cpu")}
     speed.write_results(args.out, r, to_markdown(r))
