@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def measure(args) -> dict:
         step()
     after = usage()
     per_step = {k: (after[k] - before[k]) / args.steps for k in FIELDS}
-    return {"allocator": resolved, "batch": batch, "threads": torch.get_num_threads(), **per_step,
+    return {"allocator": resolved, "pid": os.getpid(), "batch": batch, "threads": torch.get_num_threads(), **per_step,
             "images_per_s": batch / per_step["elapsed_s"]}
 
 
