@@ -90,7 +90,7 @@ def to_markdown(r: dict) -> str:
     rows = r["allocators"]
     first = rows[0]
     lines = [(f"# Page faults of the {r['preset']} training step, {r['precision']}, batch {first['batch']}, "
-              f"{first['threads']} threads, per step (mean of {r['steps']} after one warm-up step)"), "",
+              f"{speed.threads_text(first['threads'])}, per step (mean of {r['steps']} after one warm-up step)"), "",
              *speed.provenance_lines(r),
              "| allocator | minor page faults | major page faults | user CPU s | system CPU s | elapsed s | images/s |",
              "| --- | --- | --- | --- | --- | --- | --- |"]

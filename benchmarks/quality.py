@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from ddpm.io import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import cpu_line, provenance  # noqa: E402  (the CPU's model and flags, as speed.py records them)
+from speed import cpu_line, provenance, threads_text  # noqa: E402  (the CPU's model and flags, as speed.py records them)
 
 METRICS = ["fid", "kid", "precision_recall", "confidence"]
 # Per data set: the peers' shapes at ours' preset (levels, attention at the lowest resolution) and the
@@ -441,7 +441,7 @@ def to_markdown(r: dict) -> str:
     head = ("| model | recipe | params | train steps | train img/s | sample img/s | classifier FD | KID | precision "
             "| recall | % confident | class entropy |")
     lines = [f"# {r['data']} quality: {r['n']} samples each, {r['sampling']}, {r['budget_s']:.0f} s training budget, "
-             f"{r['device']} ({r['threads']} threads)", "",
+             f"{r['device']} ({threads_text(r['threads'])})", "",
              *cpu_line(r.get("cpu"), "results.json"),
              f"Classifier held-out accuracy: {r['classifier']['held_out_accuracy']:.4f}", "", head,
              "|" + "---|" * (head.count("|") - 1)]

@@ -10,11 +10,12 @@ Two parts, both deterministic (no timing: the figures do not depend on the machi
   and which of the two is closer (a tie: within ``--tie`` of each other, relative).
 - ``model`` (with ``--checkpoint``): a trained run's EMA model in float32 from ``--n`` seeded noises; the
   reference is DPM-Solver++(2M) on all the run's timesteps from the same noise, and each setting's
-  root-mean-square distance to it (over pixels and samples) at ``--calls`` network calls.
+  root-mean-square distance to it (over pixels and samples) at ``--calls`` network calls; again against
+  the reference with a second-order last step, and the two references' distance to each other.
 
 Writes ``--out``/results.json and results.md, with the command:
 
-    .venv/bin/python benchmarks/solver_error.py --checkpoint bench_out/q3k/ours --out bench_out/solver_error  # ~3 min
+    .venv/bin/python benchmarks/solver_error.py --checkpoint bench_out/q3k/ours --out bench_out/solver_error  # ~4 min
 """
 
 from __future__ import annotations
@@ -118,19 +119,34 @@ def model_part(args) -> dict:
     denoise = run.denoiser(runtime={"precision": "fp32"})
     s, T = run.schedule, run.schedule.num_timesteps
     x_T = randn((args.n, *run.shape), seed_generators(list(range(args.n))), run.device)
-    print(f"reference: DPM-Solver++(2M) on all {T} steps, {args.n} samples...", flush=True)
-    ref = sample_dpmpp_2m(denoise, x_T, s, timestep_grid(T, None))
-    rms = {}
+    print(f"references: DPM-Solver++(2M) on all {T} steps, either last step, {args.n} samples...", flush=True)
+    # Two references, one per last step, so that neither column is measured against its own kind of last step
+    # alone; their distance to each other bounds how much the choice of reference can move the table.
+    refs = {lof: sample_dpmpp_2m(denoise, x_T, s, timestep_grid(T, None), lower_order_final=lof)
+            for lof in (True, False)}
+    rms = {True: {}, False: {}}
     for label, (grid_kind, lof) in SETTINGS.items():
-        rms[label] = {}
-        for k in args.calls:
-            x = sample_dpmpp_2m(denoise, x_T, s, timestep_grid(T, k, grid_kind, schedule=s), lower_order_final=lof,
-                                progress=False)
-            rms[label][k] = (x - ref).square().mean().sqrt().item()
-        print(f"  {label}: " + ", ".join(f"{k} calls {v:.4f}" for k, v in rms[label].items()), flush=True)
+        x_by_calls = {k: sample_dpmpp_2m(denoise, x_T, s, timestep_grid(T, k, grid_kind, schedule=s),
+                                         lower_order_final=lof, progress=False) for k in args.calls}
+        for ref_lof, ref in refs.items():
+            rms[ref_lof][label] = {k: rms_distance(x, ref) for k, x in x_by_calls.items()}
+        print(f"  {label}: " + ", ".join(f"{k} calls {v:.4f}" for k, v in rms[True][label].items()), flush=True)
     d = run.config.diffusion
     return {"checkpoint": str(args.checkpoint), "trained_steps": run.step, "schedule": d.schedule,
-            "clip_x0": d.clip_x0, "n": args.n, "rms": rms}
+            "clip_x0": d.clip_x0, "n": args.n, "rms": rms[True], "rms_second_order_reference": rms[False],
+            "reference_distance": rms_distance(refs[True], refs[False])}
+
+
+def rms_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Root-mean-square distance over pixels and samples."""
+    return (a - b).square().mean().sqrt().item()
+
+
+def model_table(rms: dict) -> list[str]:
+    """One markdown table: a row per number of calls, a column per setting."""
+    calls = list(next(iter(rms.values())))
+    return ["| network calls | " + " | ".join(SETTINGS) + " |", "| --- |" + " --- |" * len(SETTINGS),
+            *(f"| {k} | " + " | ".join(f"{rms[label][k]:.4f}" for label in SETTINGS) + " |" for k in calls), ""]
 
 
 def to_markdown(r: dict) -> str:
@@ -140,11 +156,13 @@ def to_markdown(r: dict) -> str:
         m = r["model"]
         lines += [(f"## A trained model: `{m['checkpoint']}` ({m['trained_steps']} training steps, {m['schedule']} "
                    f"schedule, clip_x0 {m['clip_x0']}), {m['n']} samples, float32"), "",
-                  "Root-mean-square distance to DPM-Solver++(2M) on every timestep from the same noise.", "",
-                  "| network calls | " + " | ".join(SETTINGS) + " |", "| --- |" + " --- |" * len(SETTINGS)]
-        calls = list(next(iter(m["rms"].values())))
-        lines += [f"| {k} | " + " | ".join(f"{m['rms'][label][k]:.4f}" for label in SETTINGS) + " |" for k in calls]
-        lines.append("")
+                  ("Root-mean-square distance to DPM-Solver++(2M) on every timestep from the same noise, "
+                   "with a first-order last step (the default)."), "",
+                  *model_table(m["rms"])]
+        if "reference_distance" in m:
+            lines += [(f"The same with a second-order last step on every timestep as the reference; the two "
+                       f"references lie {m['reference_distance']:.2g} apart."), "",
+                      *model_table(m["rms_second_order_reference"])]
     c = g["counts"]
     lines += ["## The exact Gaussian problem", "",
               f"{len(g['cases'])} cases (both schedules, variances, grids and numbers of calls): the first-order last "

@@ -341,6 +341,11 @@ def ab_parser(description: str, *, seconds: float, rounds: int, out: str) -> arg
     return p
 
 
+def threads_text(n: int) -> str:
+    """"1 thread", "2 threads"."""
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
 def write_ab(script: str, argv, args, result: dict, table: list[str]) -> None:
     """An A/B script's result files: OUT/results.json (its medians and per-round figures, the settings, the
     CPU and the command) and OUT/results.md (a heading, the CPU and the command, then ``table``)."""
@@ -349,8 +354,7 @@ def write_ab(script: str, argv, args, result: dict, table: list[str]) -> None:
     r = {"preset": args.preset, "threads": torch.get_num_threads(), "clock": args.clock, "rounds": args.rounds,
          "seconds": args.seconds, **provenance(script, argv, "cpu"), "result": result}
     clock = "elapsed time" if args.clock == "wall" else "CPU time of one thread"
-    threads = f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}"
-    head = (f"# {script}: the {args.preset} preset, {threads}, {clock}, medians of {args.rounds} "
+    head = (f"# {script}: the {args.preset} preset, {threads_text(r['threads'])}, {clock}, medians of {args.rounds} "
             f"interleaved rounds of {args.seconds:g} s")
     write_text_atomic(out / "results.json", json.dumps(r, indent=2) + "\n")
     write_text_atomic(out / "results.md", "\n".join([head, "", *provenance_lines(r), *table]) + "\n")
@@ -581,7 +585,7 @@ def to_markdown(r: dict) -> str:
     peak = r["peak_gflops"]
     clock = "elapsed time" if r.get("clock", "wall") == "wall" else "CPU time of one thread"
     allocator = f", malloc {r['cpu_allocator']}" if r.get("cpu_allocator") else ""
-    lines = [f"# Speed: {r['device']}, torch {r['torch']}, {r['threads']} threads, {clock}{allocator}",
+    lines = [f"# Speed: {r['device']}, torch {r['torch']}, {threads_text(r['threads'])}, {clock}{allocator}",
              "", *cpu_line(r.get("cpu")),
              *([f"Environment: {' '.join(f'{k}={v}' for k, v in r['env'].items())}", ""] if r.get("env") else []),
              f"Matmul peak (median of {r['rounds']} interleaved rounds): fp32 {peak['fp32']:.0f} GFLOP/s, "

@@ -34,6 +34,12 @@ def test_solver_error_writes_both_parts(tmp_path):
     # On every timestep with a first-order last step, the setting is the reference itself.
     assert rms["even, first-order last step"][T] == 0.0
     assert rms["even, first-order last step"][5] > 0 and rms["even, second-order last step"][5] > 0
+    # Against the reference with a second-order last step, the second-order setting on every timestep is it,
+    # and the first-order one lies exactly the references' distance away.
+    rms2, apart = r["model"]["rms_second_order_reference"], r["model"]["reference_distance"]
+    assert rms2["even, second-order last step"][T] == 0.0
+    assert apart > 0 and abs(rms2["even, first-order last step"][T] - apart) < 1e-6
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["command"].startswith("python benchmarks/solver_error.py --checkpoint")
-    assert "| 5 |" in (tmp_path / "out" / "results.md").read_text()
+    page = (tmp_path / "out" / "results.md").read_text()
+    assert page.count("| 5 |") == 2 and "references lie" in page
