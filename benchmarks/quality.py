@@ -71,6 +71,7 @@ METRICS = ["fid", "kid", "precision_recall", "confidence"]
 DATASETS = {
     "digits": dict(lucid_mults=(1, 2), diffusers_channels=(32, 64), sampler="ancestral", steps=1000),
     "mnist": dict(lucid_mults=(1, 2, 2), diffusers_channels=(32, 64, 64), sampler="ddim", steps=100),
+    "cifar10": dict(lucid_mults=(1, 2, 2, 2), diffusers_channels=(64, 128, 128, 128), sampler="ddim", steps=100),
 }
 
 
