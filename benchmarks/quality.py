@@ -41,6 +41,10 @@ OUT/<model>_samples.npz; our run is OUT/ours. Full runs (run them on a quiet mac
     .venv/bin/python benchmarks/quality.py --data mnist --data-dir ../shared/data/mnist \
         --out bench_out/quality_mnist                                                      # ~80 min
 
+CIFAR-10 (``--data-dir`` may be the binary batches or an image folder, <class>/<image>) trains ours alone
+here: the ``cifar10`` preset is sized for a GPU, so the README's picture comes from a small network (the
+flags of ``results/cifar10_cpu/``; about 55 min with the classifier on 2 cores).
+
 Tiny smoke run (seconds; reuses a run and keeps its classifier out of the real cache):
 
     DDPM_CACHE=/tmp/ddpm-cache .venv/bin/python benchmarks/quality.py --ours RUN --budget 15 --n 32 \

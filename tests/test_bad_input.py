@@ -121,6 +121,8 @@ CASES = [
     Case("timesteps-too-large", f"{T} --timesteps 100000000", "timesteps"),
     Case("image-size-zero", f"{T} --image-size 0,8", "image"),
     Case("image-size-too-large", f"{T} --image-size 100000,100000", "image"),
+    Case("image-size-empty", f"{T} --image-size=", "--image-size"),
+    Case("channel-mult-not-numbers", f"{T} --channel-mult a,b", "--channel-mult"),
     Case("unknown-preset", f"{T} --preset nope", "nope"),
     Case("unknown-schedule", f"{T} --schedule sigmoidal", "--schedule"),
     Case("unknown-device", f"{T} --device tpu", "tpu"),

@@ -87,3 +87,17 @@ def test_quiet_silences_progress_messages_and_bars(tmp_path, capsys, monkeypatch
     assert progress_bar(range(3)).disable  # quiet
     monkeypatch.delenv(QUIET_ENV)
     assert progress_bar(range(3)).disable  # stderr is not a terminal under pytest
+
+
+def test_attention_resolutions_none_builds_a_network_without_attention():
+    from ddpm.cli import build_parser
+    from ddpm.cli.train import resolve_config
+    from ddpm.models.unet import UNet
+
+    args = build_parser().parse_args(["train", "--attention-resolutions", "none"])
+    cfg = resolve_config(args)
+    assert cfg.model.attention_resolutions == ()
+    names = [type(m).__name__ for m in UNet(cfg.model).modules()]
+    default = [type(m).__name__ for m in UNet(resolve_config(build_parser().parse_args(["train"])).model).modules()]
+    # The middle block keeps its attention; the levels lose theirs.
+    assert names.count("Attention") == 1 < default.count("Attention")

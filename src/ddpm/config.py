@@ -62,8 +62,8 @@ def doc(default, help: str, **cli):
     hints: the value's range, checked by ``build`` (``positive=True``: > 0; ``min``/``max``: inclusive
     bounds; ``below``: an exclusive upper bound; a float field is always finite; ``pattern``: a regular
     expression a string must match), ``flag="name"`` (another
-    flag name), ``metavar``, ``none_means="..."`` (what a default of None means, for the help), ``cli=False``
-    (no flag)."""
+    flag name), ``metavar``, ``none_means="..."`` (what a default of None means, for the help), ``empty_ok=True`` (a
+    tuple the flag may set empty with ``none``), ``cli=False`` (no flag)."""
     return field(default=default, metadata={"help": help, **cli})
 
 
@@ -77,7 +77,8 @@ class ModelConfig:
     base_channels: int = doc(64, "channels of the first level", positive=True)
     channel_mult: tuple[int, ...] = doc((1, 2), "channel multiplier per level", positive=True)
     num_res_blocks: int = doc(2, "ResNet blocks per level", positive=True)
-    attention_resolutions: tuple[int, ...] = doc((4,), "resolutions with self-attention", positive=True)
+    attention_resolutions: tuple[int, ...] = doc((4,), "resolutions with self-attention (none: no attention)",
+                                                 positive=True, empty_ok=True)
     num_heads: int = doc(4, "attention heads", positive=True)
     dropout: float = doc(0.1, "dropout in the ResNet blocks", min=0, below=1)
     resblock_conditioning: Literal["scale_shift", "additive"] = doc(

@@ -34,9 +34,17 @@ def positive_int(name: str):
     return parse
 
 
-def int_tuple(name: str):
+def int_tuple(name: str, empty_ok: bool = False):
+    """An argparse type for a comma-separated tuple; ``empty_ok``: ``none`` (or nothing) is the empty tuple.
+    A bad value ends as argparse's one-line usage error (exit status 2), not a traceback."""
     def parse(text: str) -> tuple[int, ...]:
-        return tuple(parse_ints(text, name))
+        if empty_ok and text.strip().lower() in ("", "none"):
+            return ()
+        try:
+            return tuple(parse_ints(text, name))
+        except UserError as e:
+            hint = " (none: the empty list)" if empty_ok else ""
+            raise argparse.ArgumentTypeError(f"{e}{hint}") from None
 
     return parse
 
@@ -86,7 +94,8 @@ def _flag_kwargs(f: dataclasses.Field, hint, default=None) -> dict[str, Any]:
     elif hint is float:
         kwargs["type"] = float
     elif get_origin(hint) is tuple:
-        kwargs["type"], kwargs["metavar"] = int_tuple(flag), "N,N,..."
+        empty_ok = bool(f.metadata.get("empty_ok"))
+        kwargs["type"], kwargs["metavar"] = int_tuple(flag, empty_ok), "N,N,...|none" if empty_ok else "N,N,..."
     elif hint is not str:
         raise TypeError(f"no flag type for field {f.name}: {hint}")
     if "metavar" in f.metadata:
