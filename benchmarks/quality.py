@@ -43,7 +43,9 @@ OUT/<model>_samples.npz; our run is OUT/ours. Full runs (run them on a quiet mac
 
 CIFAR-10 (``--data-dir`` may be the binary batches or an image folder, <class>/<image>) trains ours alone
 here: the ``cifar10`` preset is sized for a GPU, so the README's picture comes from a small network (the
-flags of ``results/cifar10_cpu/``; about 55 min with the classifier on 2 cores).
+flags of ``results/cifar10_cpu/``; about 55 min with the classifier on 2 cores). That network needs
+``--norm-groups 8``: ``results/cifar10_cpu_norm_groups_32/`` is the same run with the default 32 groups,
+one channel each at its first level, and its samples are flat, oversaturated colours.
 
 Tiny smoke run (seconds; reuses a run and keeps its classifier out of the real cache):
 

@@ -228,3 +228,17 @@ def test_previews_use_20_calls_of_dpm_solver_and_say_so(tmp_path, monkeypatch):
     train(cfg, tmp_path / "run", progress=False)
     assert [p.name for p in (tmp_path / "run" / "samples").iterdir()] == ["step_0000002_dpmpp2m-20.png"]
     assert calls and calls[0].sampler == "dpm++2m" and calls[0].steps == 20
+
+
+def test_a_new_run_whose_norms_hold_single_channels_is_warned_and_a_resumed_one_is_not(tmp_path, recwarn):
+    cfg = tiny_config(steps=2)
+    cfg.model.norm_groups = 16   # the 16-channel level: one channel per group
+    with pytest.warns(UserWarning, match="--norm-groups 16 leaves one channel per group at the 16-channel.*"
+                                         "pass --norm-groups 4"):
+        train(cfg, tmp_path / "run", progress=False)
+    recwarn.clear()
+    cfg.train.steps = 3
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert not [w for w in recwarn if "norm-groups" in str(w.message)]
+    train(tiny_config(steps=1), tmp_path / "fine", progress=False)   # 8 groups of 16 and 32 channels
+    assert not [w for w in recwarn if "norm-groups" in str(w.message)]

@@ -3,7 +3,12 @@ import torch
 
 from ddpm.config import ModelConfig
 from ddpm.errors import UserError
-from ddpm.models.unet import UNet, count_parameters
+from ddpm.models.unet import (
+    UNet,
+    count_parameters,
+    lone_channel_norm_widths,
+    suggested_norm_groups,
+)
 from ddpm.presets import make_config
 
 
@@ -115,3 +120,19 @@ def test_upsample_module_keeps_the_3x3_weight_and_matches_under_bf16_autocast():
         out = up(x)
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max() <= 2**-6 * ref.abs().max()  # bf16 inputs and kernels
+
+
+@pytest.mark.parametrize("base, mult, groups, lone, suggested", [
+    (32, (1, 2, 2), 32, [32], 8),        # the 32-channel level normalises each channel alone
+    (16, (1, 2), 32, [16, 32], 4),       # fewer channels than groups: min(groups, width) = width
+    (32, (1, 2, 2), 8, [], 8),           # the presets' small networks: four channels a group
+    (128, (1, 2, 2, 2), 32, [], 32),     # Ho et al.'s CIFAR-10 network
+    (12, (1, 3), 12, [12], 3),
+])
+def test_lone_channel_norms_are_found_and_the_suggestion_divides_every_level(base, mult, groups, lone, suggested):
+    cfg = ModelConfig(base_channels=base, channel_mult=mult, norm_groups=groups)
+    assert lone_channel_norm_widths(cfg) == lone
+    assert suggested_norm_groups(cfg) == suggested
+    fixed = ModelConfig(base_channels=base, channel_mult=mult, norm_groups=suggested)
+    assert lone_channel_norm_widths(fixed) == []
+    assert all(base * c % suggested == 0 and base * c // suggested >= 4 for c in mult)

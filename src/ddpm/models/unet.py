@@ -19,7 +19,14 @@ from torch import nn
 
 from ddpm.config import ModelConfig
 from ddpm.errors import UserError
-from ddpm.models.layers import Attention, Downsample, ResBlock, Upsample, group_norm, timestep_embedding
+from ddpm.models.layers import (
+    Attention,
+    Downsample,
+    ResBlock,
+    Upsample,
+    group_norm,
+    timestep_embedding,
+)
 from ddpm.models.text import FROZEN, TextEncoder, load_frozen_encoder, null_tokens
 from ddpm.models.transformer import SpatialTransformer
 
@@ -48,6 +55,32 @@ def check_model_config(cfg: ModelConfig) -> None:
     if cfg.resblock_conditioning not in ("scale_shift", "additive"):
         raise UserError(f"unknown resblock_conditioning {cfg.resblock_conditioning!r}")
     check_text_config(cfg)
+
+
+def lone_channel_norm_widths(cfg: ModelConfig) -> list[int]:
+    """The level widths whose GroupNorm would hold one channel per group (``norm_groups`` >= the width).
+
+    Such a norm is instance normalisation: it removes every channel's spatial mean, and with it the mean
+    of each image that the first convolution passed on, so the network barely sees an image's mean
+    colour or brightness and cannot predict the mean of the noise. Sampling then amplifies that error
+    at high t into flat, oversaturated colours. Ho et al.'s 128-channel levels hold four channels a group.
+    """
+    return [w for w in _widths(cfg) if cfg.norm_groups >= w]
+
+
+def _widths(cfg: ModelConfig) -> list[int]:
+    """Every width a GroupNorm of the U-Net sees at the start of a level: the stem's and each level's."""
+    return list(dict.fromkeys([cfg.base_channels, *(cfg.base_channels * c for c in cfg.channel_mult)]))
+
+
+def suggested_norm_groups(cfg: ModelConfig) -> int:
+    """The most groups that divide every level width and leave at least four channels in each (one group
+    when the narrowest width has fewer than eight channels)."""
+    widths = _widths(cfg)
+    g = max(1, min(widths) // 4)
+    while any(w % g for w in widths):
+        g -= 1
+    return g
 
 
 def resolutions(cfg: ModelConfig) -> list[int]:

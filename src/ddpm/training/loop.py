@@ -15,6 +15,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,7 +29,11 @@ from ddpm.data.transforms import compact, expand, random_hflip
 from ddpm.errors import UserError
 from ddpm.io import pid_lock, progress_bar, say, write_text_atomic
 from ddpm.models.text import build_vocabulary, null_tokens, tokenize
-from ddpm.models.unet import check_model_config
+from ddpm.models.unet import (
+    check_model_config,
+    lone_channel_norm_widths,
+    suggested_norm_groups,
+)
 from ddpm.pipeline import Run, SamplingOptions, build_model, build_schedule
 from ddpm.pipeline.latent import (
     AUTOENCODER_DIR,
@@ -231,6 +236,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     else:
         data, first_stage, mirrored, condition = _training_set(cfg, data, run_dir, env, device, progress)
     check_model_config(cfg.model)
+    if saved is None and env.is_main:
+        _warn_lone_channel_norms(cfg)
     state = _train_state(cfg, options, env, saved)
     batches = (_streamed_batches(cfg, env, device, per_rank, state.step) if streamed
                else _memory_batches(data, cfg, device, per_rank, state.generator, condition, mirrored))
@@ -284,6 +291,17 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
         preview()
     logger.close()
     return run_dir
+
+
+def _warn_lone_channel_norms(cfg: RunConfig) -> None:
+    """A new run whose GroupNorms would normalise single channels gets a warning naming the fix."""
+    widths = lone_channel_norm_widths(cfg.model)
+    if widths:
+        levels = (f"{widths[0]}-channel level" if len(widths) == 1 else
+                  f"{', '.join(map(str, widths[:-1]))}- and {widths[-1]}-channel levels")
+        warnings.warn(f"--norm-groups {cfg.model.norm_groups} leaves one channel per group at the {levels}"
+                      ": the network cannot see an image's mean colour, so samples come out in flat, "
+                      f"oversaturated colours; pass --norm-groups {suggested_norm_groups(cfg.model)}", stacklevel=2)
 
 
 def _training_set(cfg: RunConfig, data: ImageDataset | None, run_dir: Path, env: dist.DistEnv,
