@@ -31,10 +31,10 @@ def test_mean_error_ratio_is_one_for_zero_and_zero_for_the_noise(module):
 
 
 def test_colourfulness_of_grey_and_pure_red(module):
-    grey = np.full((2, 4, 4, 3), 77, np.uint8)
+    grey = torch.full((2, 3, 4, 4), 77 / 127.5 - 1)
     assert module.colourfulness(grey) == pytest.approx(0.0, abs=1e-12)
-    red = np.zeros((1, 4, 4, 3), np.uint8)
-    red[..., 0] = 255
+    red = torch.full((1, 3, 4, 4), -1.0)
+    red[:, 0] = 1.0
     # Channels 1, -1, -1: mean -1/3, population standard deviation sqrt((16/9 + 2 * 4/9) / 3).
     assert module.colourfulness(red) == pytest.approx(math.sqrt(24 / 27))
 
