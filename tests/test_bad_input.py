@@ -123,7 +123,7 @@ CASES = [
     Case("image-size-too-large", f"{T} --image-size 100000,100000", "image"),
     Case("image-size-empty", f"{T} --image-size=", "--image-size"),
     Case("channel-mult-not-numbers", f"{T} --channel-mult a,b", "--channel-mult"),
-    Case("stem-not-divisible-into-groups", f"{T} --base-channels 12 --channel-mult 2 --norm-groups 8", "12 base channels"),
+    Case("stem-not-divisible-into-groups", f"{T} --base-channels 12 --channel-mult 2 --norm-groups 8", "12 channels are not divisible into 8"),
     Case("unknown-preset", f"{T} --preset nope", "nope"),
     Case("unknown-schedule", f"{T} --schedule sigmoidal", "--schedule"),
     Case("unknown-device", f"{T} --device tpu", "tpu"),

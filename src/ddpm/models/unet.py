@@ -46,12 +46,11 @@ def check_model_config(cfg: ModelConfig) -> None:
         )
     if cfg.in_channels not in (1, 3, 4) and cfg.in_channels < 1:
         raise UserError(f"in_channels must be positive, got {cfg.in_channels}")
-    if cfg.base_channels % min(cfg.norm_groups, cfg.base_channels):  # the stem's width, before the first level
-        raise UserError(f"{cfg.base_channels} base channels are not divisible into {cfg.norm_groups} norm groups")
-    for c in cfg.channel_mult:
-        ch = cfg.base_channels * c
+    for ch in _widths(cfg):
         if ch % min(cfg.norm_groups, ch):
             raise UserError(f"{ch} channels are not divisible into {cfg.norm_groups} norm groups")
+    for c in cfg.channel_mult:
+        ch = cfg.base_channels * c
         if cfg.attention_resolutions and ch % cfg.num_heads:
             raise UserError(f"{ch} channels are not divisible by num_heads={cfg.num_heads}")
     if cfg.resblock_conditioning not in ("scale_shift", "additive"):

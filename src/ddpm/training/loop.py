@@ -219,6 +219,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     dist.setup(env, device)
     tc = cfg.train
     saved = _saved_state(cfg, run_dir, resume)
+    if saved is None and env.is_main:  # before the data load, which may take long (a latent run encodes it)
+        _warn_lone_channel_norms(cfg)
     if not is_text(cfg.model):  # a text model's vocabulary comes from the data, so it is checked after them
         check_model_config(cfg.model)
     rt.check_options(adamw_impl=tc.adamw_impl)
@@ -236,8 +238,6 @@ def _train(cfg: RunConfig, run_dir: Path, env: dist.DistEnv, *, resume: bool, da
     else:
         data, first_stage, mirrored, condition = _training_set(cfg, data, run_dir, env, device, progress)
     check_model_config(cfg.model)
-    if saved is None and env.is_main:
-        _warn_lone_channel_norms(cfg)
     state = _train_state(cfg, options, env, saved)
     batches = (_streamed_batches(cfg, env, device, per_rank, state.step) if streamed
                else _memory_batches(data, cfg, device, per_rank, state.generator, condition, mirrored))
